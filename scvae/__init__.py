@@ -1,0 +1,14 @@
+"""scvae: a Pyro variational autoencoder for single-cell RNA-seq counts, for AnnData.
+
+>>> import scvae
+>>> model = scvae.fit(adata, layer="counts", batch_key="batch")  # doctest: +SKIP
+>>> model.save("model"); model = scvae.load("model")  # doctest: +SKIP
+"""
+
+from . import datasets, pl
+from ._api import fit
+from ._io import load
+from ._model import SCVAE
+from ._version import __version__
+
+__all__ = ["SCVAE", "__version__", "datasets", "fit", "load", "pl"]

@@ -1,0 +1,31 @@
+"""Command line: ``python -m scvae demo`` (or the ``scvae`` console script)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scvae", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="fit on built-in simulated data; write embedding, figures and model"
+    )
+    demo.add_argument("--out", default="scvae_demo", help="output folder (default: scvae_demo)")
+    demo.add_argument("--quick", action="store_true", help="small, short run (smoke test)")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from ._demo import format_table, run_demo
+
+        scores = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+        sys.stdout.write(format_table(scores) + f"\n\nwritten to {args.out}/\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

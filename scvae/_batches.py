@@ -1,0 +1,107 @@
+"""Minibatches of tensors sliced from the in-memory CSR counts.
+
+No per-row DataLoader: each epoch permutes the rows of the CSR matrix once (one vectorised
+gather), then every minibatch is a contiguous row slice, densified on its own. Only one
+minibatch is ever dense at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ._data import CountData
+
+__all__ = ["Minibatch", "MinibatchSource"]
+
+
+class Minibatch(NamedTuple):
+    """Keyword arguments of the model and guide for one minibatch."""
+
+    x: torch.Tensor
+    library: torch.Tensor
+    batch_index: torch.Tensor
+    mask: torch.Tensor | None
+    weight: torch.Tensor | None
+
+
+class MinibatchSource:
+    """Iterate over minibatches of the cells ``indices`` of ``data``.
+
+    Parameters
+    ----------
+    data
+        The prepared counts.
+    indices
+        Which cells (rows) this source covers, e.g. the training split.
+    batch_size
+        Cells per minibatch.
+    shuffle
+        Draw a new random order each epoch from ``rng``.
+    device
+        Where the tensors go.
+    rng
+        Random generator for the shuffling.
+    drop_last
+        Skip a last minibatch smaller than ``batch_size`` (training only; a size-1 batch
+        would give a noisy step). Never drops when the source holds fewer cells than one batch.
+    """
+
+    def __init__(
+        self,
+        data: CountData,
+        indices: np.ndarray | None = None,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        device: torch.device | str = "cpu",
+        rng: np.random.Generator | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        self.data = data
+        self.indices = np.arange(data.n_cells) if indices is None else np.asarray(indices)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.device = torch.device(device)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.drop_last = drop_last and len(self.indices) > self.batch_size
+        self._uniform_weight = bool(np.all(data.weight == 1.0))
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[Minibatch]:
+        order = self.indices
+        if self.shuffle:
+            order = order[self.rng.permutation(len(order))]
+        counts = self.data.counts[order]
+        missing = None if self.data.missing is None else self.data.missing[order]
+        for k in range(len(self)):
+            rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            yield self._minibatch(
+                counts[rows], None if missing is None else missing[rows], order[rows]
+            )
+
+    def _minibatch(
+        self, counts: sp.csr_matrix, missing: sp.csr_matrix | None, cells: np.ndarray
+    ) -> Minibatch:
+        device = self.device
+        x = torch.from_numpy(counts.toarray()).to(device, non_blocking=True)
+        mask = None
+        if missing is not None:
+            mask = ~torch.from_numpy(missing.toarray()).to(device, non_blocking=True)
+        library = torch.from_numpy(self.data.library[cells]).to(device)
+        batch_index = torch.from_numpy(self.data.batch_index[cells]).to(device)
+        weight = None
+        if not self._uniform_weight:
+            weight = torch.from_numpy(self.data.weight[cells]).to(device)
+        return Minibatch(x, library, batch_index, mask, weight)

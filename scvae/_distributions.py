@@ -1,0 +1,184 @@
+"""Count likelihoods: negative binomial, zero-inflated NB and Poisson.
+
+The log-probabilities are our own vectorised functions rather than Pyro's built-in
+``NegativeBinomial``: they take the log-mean directly (the decoder produces it as
+``log_softmax + log(library)``, so no ``log(mu + eps)`` is needed), compute the per-gene
+terms once per gene instead of once per entry, and can skip ``lgamma(x + 1)``, which does
+not depend on any parameter, while training. Reported likelihoods always include it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pyro.distributions import TorchDistribution
+from torch.distributions import constraints
+
+__all__ = [
+    "CountDistribution",
+    "nb_log_prob",
+    "poisson_log_prob",
+    "zinb_log_prob",
+]
+
+
+def nb_log_prob(
+    x: torch.Tensor,
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    *,
+    include_constant: bool = True,
+) -> torch.Tensor:
+    """Elementwise log-probability of counts under NB(mean=mu, inverse dispersion=theta).
+
+    Parameters
+    ----------
+    x
+        Counts, ``(cells, genes)``.
+    log_mu
+        Log of the mean, broadcastable to ``x``.
+    log_theta
+        Log of the inverse dispersion (``var = mu + mu**2 / theta``), usually ``(genes,)``.
+    include_constant
+        Include ``-lgamma(x + 1)``. Training may leave it out: it has no gradient.
+
+    Returns
+    -------
+    Tensor of the broadcast shape of the inputs.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0, 3.0]])
+    >>> nb_log_prob(x, torch.log(torch.tensor([[1.0, 2.0]])), torch.zeros(2)).shape
+    torch.Size([1, 2])
+    """
+    theta = log_theta.exp()
+    log_theta_mu = torch.logaddexp(log_theta, log_mu)
+    # theta * log(theta) - lgamma(theta) depends on the gene only: computed on its own shape.
+    per_gene = theta * log_theta - torch.lgamma(theta)
+    out = torch.lgamma(x + theta) + per_gene + x * log_mu - (theta + x) * log_theta_mu
+    if include_constant:
+        out = out - torch.lgamma(x + 1.0)
+    return out
+
+
+def zinb_log_prob(
+    x: torch.Tensor,
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    zi_logits: torch.Tensor,
+    *,
+    include_constant: bool = True,
+) -> torch.Tensor:
+    """Elementwise log-probability under a zero-inflated NB.
+
+    ``P(0) = pi + (1 - pi) NB(0)`` and ``P(x > 0) = (1 - pi) NB(x)`` with
+    ``pi = sigmoid(zi_logits)``. Other arguments as in :func:`nb_log_prob`.
+    """
+    nb = nb_log_prob(x, log_mu, log_theta, include_constant=include_constant)
+    log_one_minus_pi = -F.softplus(zi_logits)
+    # For x == 0 the NB term equals theta * (log theta - log(theta + mu)).
+    zero = torch.logaddexp(zi_logits, nb) + log_one_minus_pi
+    return torch.where(x == 0, zero, nb + log_one_minus_pi)
+
+
+def poisson_log_prob(
+    x: torch.Tensor, log_mu: torch.Tensor, *, include_constant: bool = True
+) -> torch.Tensor:
+    """Elementwise Poisson log-probability with log-mean ``log_mu``."""
+    out = x * log_mu - log_mu.exp()
+    if include_constant:
+        out = out - torch.lgamma(x + 1.0)
+    return out
+
+
+class CountDistribution(TorchDistribution):
+    """NB, ZINB or Poisson counts as one Pyro distribution, parametrised by the log-mean.
+
+    Parameters
+    ----------
+    log_mu
+        Log of the mean, ``(cells, genes)``.
+    log_theta
+        Log inverse dispersion, broadcastable to ``log_mu``; ``None`` for Poisson.
+    zi_logits
+        Zero-inflation logits, broadcastable to ``log_mu``; ``None`` for no zero inflation.
+    include_constant
+        Whether :meth:`log_prob` includes ``-lgamma(x + 1)`` (exact likelihood) or not
+        (the training objective, which differs by a constant).
+    """
+
+    arg_constraints: ClassVar[dict] = {"log_mu": constraints.real}
+    support = constraints.nonnegative_integer
+    has_rsample = False
+
+    def __init__(
+        self,
+        log_mu: torch.Tensor,
+        log_theta: torch.Tensor | None = None,
+        zi_logits: torch.Tensor | None = None,
+        *,
+        include_constant: bool = True,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.log_mu = log_mu
+        self.log_theta = log_theta
+        self.zi_logits = zi_logits
+        self.include_constant = include_constant
+        shapes = [log_mu.shape] + [t.shape for t in (log_theta, zi_logits) if t is not None]
+        super().__init__(torch.broadcast_shapes(*shapes), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> CountDistribution:
+        batch_shape = torch.Size(batch_shape)
+        return CountDistribution(
+            self.log_mu.expand(batch_shape),
+            None if self.log_theta is None else self.log_theta.expand(batch_shape),
+            None if self.zi_logits is None else self.zi_logits.expand(batch_shape),
+            include_constant=self.include_constant,
+        )
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        keep = self.include_constant
+        if self.log_theta is None:
+            return poisson_log_prob(value, self.log_mu, include_constant=keep)
+        if self.zi_logits is None:
+            return nb_log_prob(value, self.log_mu, self.log_theta, include_constant=keep)
+        return zinb_log_prob(
+            value, self.log_mu, self.log_theta, self.zi_logits, include_constant=keep
+        )
+
+    @property
+    def mean(self) -> torch.Tensor:
+        mu = self.log_mu.exp()
+        if self.zi_logits is not None:
+            mu = mu * torch.sigmoid(-self.zi_logits)
+        return mu.expand(self.batch_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        mu = self.log_mu.exp()
+        var = mu if self.log_theta is None else mu + mu.square() / self.log_theta.exp()
+        if self.zi_logits is None:
+            return var.expand(self.batch_shape)
+        keep = torch.sigmoid(-self.zi_logits)
+        # Mixture of a point mass at 0 and the NB: E[x^2] scaled by keep, minus the mean^2.
+        return (keep * (var + mu.square()) - (keep * mu).square()).expand(self.batch_shape)
+
+    @torch.no_grad()
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        mu = self.log_mu.exp().expand(shape)
+        if self.log_theta is not None:
+            # Gamma-Poisson mixture; the rate is clamped so that torch.poisson stays finite.
+            theta = self.log_theta.exp().expand(shape)
+            rate = torch.distributions.Gamma(theta, theta / mu.clamp(min=1e-30)).sample()
+            mu = rate.clamp(max=1e8)
+        counts = torch.poisson(mu)
+        if self.zi_logits is not None:
+            dropped = torch.rand(shape, device=counts.device) < torch.sigmoid(
+                self.zi_logits.expand(shape)
+            )
+            counts = counts.masked_fill(dropped, 0.0)
+        return counts

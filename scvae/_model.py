@@ -1,0 +1,179 @@
+"""The trained model as a user holds it: the Pyro module plus what it needs to read AnnData."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from ._batches import MinibatchSource
+from ._data import CountData, prepare_counts
+from ._module import SCVAEModule, importance_log_likelihood
+from ._train import evaluate_elbo
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCVAE"]
+
+
+class SCVAE:
+    """A fitted scvae model. Made by :func:`scvae.fit` or :func:`scvae.load`.
+
+    Attributes
+    ----------
+    module
+        The Pyro model and guide (a ``torch.nn.Module`` that owns all parameters).
+    gene_names
+        Genes the model was trained on, in order.
+    batch_categories, label_categories
+        Categories of ``batch_key`` and ``labels_key`` seen in training.
+    layer, batch_key, labels_key
+        Where the counts and covariates were read from; new data is read the same way.
+    settings
+        The arguments of the fit.
+    history
+        Per-epoch training loss, validation ELBO, KL weight and epoch time.
+    """
+
+    def __init__(
+        self,
+        module: SCVAEModule,
+        *,
+        gene_names: list[str],
+        batch_categories: list[str],
+        label_categories: list[str],
+        layer: str | None,
+        batch_key: str | None,
+        labels_key: str | None,
+        settings: dict[str, Any],
+        history: dict[str, list[float]],
+    ) -> None:
+        self.module = module
+        self.gene_names = list(gene_names)
+        self.batch_categories = list(batch_categories)
+        self.label_categories = list(label_categories)
+        self.layer = layer
+        self.batch_key = batch_key
+        self.labels_key = labels_key
+        self.settings = dict(settings)
+        self.history = {k: list(v) for k, v in history.items()}
+
+    def __repr__(self) -> str:
+        m = self.module
+        return (
+            f"SCVAE({len(self.gene_names)} genes, {m.n_latent} latent dims, "
+            f"likelihood={m.likelihood!r}, batches={self.batch_categories or None})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def prepare(self, adata: AnnData, *, layer: str | type | None = ...) -> CountData:
+        """Read ``adata`` the way the training data was read (genes by name, same batches)."""
+        return prepare_counts(
+            adata,
+            layer=self.layer if layer is ... else layer,
+            batch_key=self.batch_key,
+            batch_categories=self.batch_categories if self.batch_key else None,
+            gene_names=self.gene_names,
+        )
+
+    def embed(
+        self, adata: AnnData, *, layer: str | type | None = ..., batch_size: int = 1024
+    ) -> np.ndarray:
+        """Posterior mean of z for the cells of ``adata``.
+
+        Genes are matched by name (extra genes are ignored, missing ones raise an error that
+        names them); ``adata.obs[batch_key]`` must hold batches the model knows.
+        ``adata`` is not modified.
+
+        Parameters
+        ----------
+        adata
+            Cells to embed, raw counts in the layer the model was fitted on.
+        layer
+            Override the layer recorded at fit time (``None`` reads ``X``).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``(n_cells, n_latent)`` float32 array.
+
+        Examples
+        --------
+        >>> z = model.embed(new_adata)  # doctest: +SKIP
+        >>> new_adata.obsm["X_scvae"] = z  # doctest: +SKIP
+        """
+        return self.embed_data(self.prepare(adata, layer=layer), batch_size=batch_size)
+
+    @torch.no_grad()
+    def embed_data(self, data: CountData, *, batch_size: int = 1024) -> np.ndarray:
+        """Posterior means for prepared :class:`~scvae._data.CountData`."""
+        self.module.eval()
+        source = MinibatchSource(data, batch_size=batch_size, device=self.device)
+        parts = [
+            self.module.encode(b.x, b.library, b.batch_index, b.mask)[0].cpu().numpy()
+            for b in source
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def log_likelihood(
+        self,
+        adata: AnnData,
+        *,
+        n_samples: int = 100,
+        layer: str | type | None = ...,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Per-cell log p(x) (nats), by importance sampling with ``n_samples`` draws of z.
+
+        The exact likelihood of the observed entries (``lgamma(x + 1)`` included), so that
+        held-out cells can be compared across models. ``adata`` is not modified.
+
+        Examples
+        --------
+        >>> model.log_likelihood(test_adata).mean()  # doctest: +SKIP
+        """
+        data = self.prepare(adata, layer=layer)
+        self.module.eval()
+        source = MinibatchSource(data, batch_size=batch_size, device=self.device)
+        with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+            torch.manual_seed(seed)
+            parts = [
+                importance_log_likelihood(
+                    self.module, b.x, b.library, b.batch_index, b.mask, n_samples=n_samples
+                ).cpu()
+                for b in source
+            ]
+        return torch.cat(parts).numpy().astype(np.float64)
+
+    def elbo(self, adata: AnnData, *, layer: str | type | None = ..., seed: int = 0) -> float:
+        """Mean ELBO per cell on ``adata`` (exact likelihood, KL weight 1, one z draw)."""
+        data = self.prepare(adata, layer=layer)
+        source = MinibatchSource(data, batch_size=1024, device=self.device)
+        with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+            torch.manual_seed(seed)
+            return evaluate_elbo(self.module, source)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model to folder ``path`` (``weights.pt`` + ``config.json``).
+
+        Examples
+        --------
+        >>> model.save("pbmc_model")  # doctest: +SKIP
+        >>> model = scvae.load("pbmc_model")  # doctest: +SKIP
+        """
+        from ._io import save
+
+        return save(self, path, overwrite=overwrite)
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []

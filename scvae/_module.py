@@ -1,0 +1,261 @@
+"""The generative model and its amortised guide, written in Pyro. No AnnData here.
+
+Generative story for one cell with observed library size ``l`` and batch ``b``::
+
+    z ~ Normal(0, I)                                  # latent state, n_latent dims
+    rho = softmax(decoder(z, b))                      # each gene's share of expression
+    x_g ~ NB(mean = l * rho_g, inverse dispersion = theta_g[b])   # or ZINB / Poisson
+
+The guide is ``q(z | x, b) = Normal(encoder(x, b))``. The module keeps every parameter as an
+ordinary ``torch.nn.Parameter`` and never calls ``pyro.param`` or ``pyro.module``: two models in
+one process never share state through Pyro's global parameter store.
+
+Missing entries (``mask == False``) are left out of the likelihood, and the gene shares are
+renormalised over the observed genes so that the observed library ``l`` (a sum over observed
+genes only) is compared with the expression the model expects on those genes alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from torch import nn
+
+from ._distributions import CountDistribution
+
+__all__ = ["LIKELIHOODS", "SCVAEModule", "importance_log_likelihood"]
+
+LIKELIHOODS = ("nb", "zinb", "poisson")
+DISPERSIONS = ("gene", "gene-batch")
+
+
+class _MLP(nn.Module):
+    """Linear -> LayerNorm -> ReLU -> Dropout blocks; the batch one-hot enters every block."""
+
+    def __init__(
+        self, n_in: int, n_covariates: int, n_hidden: int, n_layers: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.n_covariates = n_covariates
+        self.layers = nn.ModuleList()
+        for i in range(n_layers):
+            width = (n_in if i == 0 else n_hidden) + n_covariates
+            self.layers.append(
+                nn.Sequential(
+                    nn.Linear(width, n_hidden),
+                    nn.LayerNorm(n_hidden, elementwise_affine=False),
+                    nn.ReLU(),
+                    nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+                )
+            )
+
+    def forward(self, h: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layers:
+            if covariates is not None:
+                h = torch.cat([h, covariates], dim=-1)
+            h = layer(h)
+        return h
+
+
+class SCVAEModule(nn.Module):
+    """Pyro model and guide of the count VAE.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    n_batches
+        Number of batch categories (0 or 1: no batch covariate).
+    n_latent, n_hidden, n_layers
+        Sizes of the latent space and of the encoder/decoder hidden layers.
+    likelihood
+        ``"nb"``, ``"zinb"`` or ``"poisson"``.
+    dispersion
+        ``"gene"`` (one inverse dispersion per gene) or ``"gene-batch"`` (per gene and batch).
+    dropout
+        Dropout rate of the encoder's hidden layers.
+    encode_mask
+        Feed the observation mask to the encoder as extra inputs (for data with missing values).
+    library_scale
+        Counts are scaled to this library size before ``log1p`` in the encoder input.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_batches: int = 0,
+        *,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        likelihood: str = "nb",
+        dispersion: str = "gene",
+        dropout: float = 0.1,
+        encode_mask: bool = False,
+        library_scale: float = 1e4,
+    ) -> None:
+        super().__init__()
+        #: The constructor arguments: enough to rebuild the module (see ``scvae._io``).
+        self.config = {
+            "n_genes": n_genes,
+            "n_batches": n_batches,
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "likelihood": likelihood,
+            "dispersion": dispersion,
+            "dropout": dropout,
+            "encode_mask": encode_mask,
+            "library_scale": float(library_scale),
+        }
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if dispersion not in DISPERSIONS:
+            raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {dispersion!r}")
+        self.n_genes = n_genes
+        self.n_batches = n_batches if n_batches > 1 else 0
+        self.n_latent = n_latent
+        self.likelihood = likelihood
+        self.dispersion = dispersion
+        self.encode_mask = encode_mask
+        self.library_scale = float(library_scale)
+
+        n_in = n_genes * (2 if encode_mask else 1)
+        self.encoder = _MLP(n_in, self.n_batches, n_hidden, n_layers, dropout)
+        self.z_loc = nn.Linear(n_hidden, n_latent)
+        self.z_scale = nn.Linear(n_hidden, n_latent)
+        self.decoder = _MLP(n_latent, self.n_batches, n_hidden, n_layers, 0.0)
+        self.gene_logits = nn.Linear(n_hidden, n_genes)
+        self.zi_logits = nn.Linear(n_hidden, n_genes) if likelihood == "zinb" else None
+        if likelihood == "poisson":
+            self.log_theta = None
+        else:
+            rows = self.n_batches if dispersion == "gene-batch" and self.n_batches else 1
+            self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
+
+    # -- networks ---------------------------------------------------------------------------
+    def _covariates(self, batch_index: torch.Tensor) -> torch.Tensor | None:
+        if not self.n_batches:
+            return None
+        return F.one_hot(batch_index, self.n_batches).to(torch.get_default_dtype())
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of ``q(z | x)``.
+
+        Counts are normalised to ``library_scale`` before ``log1p``, so that the encoder sees
+        composition, not depth; depth enters the model through the observed library size.
+        """
+        h = torch.log1p(x * (self.library_scale / library.clamp(min=1.0)).unsqueeze(-1))
+        if self.encode_mask:
+            observed = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+            h = torch.cat([h * observed, observed], dim=-1)
+        h = self.encoder(h, self._covariates(batch_index))
+        return self.z_loc(h), F.softplus(self.z_scale(h)) + 1e-4
+
+    def decode(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        include_constant: bool = True,
+    ) -> CountDistribution:
+        """Distribution of the counts given ``z`` (elementwise, not yet masked)."""
+        covariates = self._covariates(batch_index)
+        h = self.decoder(z, covariates)
+        log_share = torch.log_softmax(self.gene_logits(h), dim=-1)
+        if mask is not None:
+            # Renormalise the shares over the observed genes of each cell.
+            observed_share = log_share.masked_fill(~mask, float("-inf"))
+            log_share = log_share - torch.logsumexp(observed_share, dim=-1, keepdim=True)
+        log_mu = log_share + torch.log(library.clamp(min=1.0)).unsqueeze(-1)
+        log_theta = None
+        if self.log_theta is not None:
+            log_theta = self.log_theta[0]
+            if self.log_theta.shape[0] > 1:
+                log_theta = self.log_theta[batch_index]
+        zi_logits = None if self.zi_logits is None else self.zi_logits(h)
+        return CountDistribution(log_mu, log_theta, zi_logits, include_constant=include_constant)
+
+    # -- Pyro model and guide -----------------------------------------------------------------
+    def model(
+        self,
+        x: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+        kl_weight: float = 1.0,
+        include_constant: bool = True,
+    ) -> None:
+        """p(x, z): standard normal prior on z, count likelihood on the observed entries."""
+        n_cells = x.shape[0]
+        with pyro.plate("cells", n_cells), poutine.scale(scale=_scale(weight)):
+            prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([n_cells, self.n_latent])
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", prior.to_event(1))
+            counts = self.decode(z, library, batch_index, mask, include_constant=include_constant)
+            if mask is not None:
+                counts = counts.mask(mask)
+            pyro.sample("counts", counts.to_event(1), obs=x)
+
+    def guide(
+        self,
+        x: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+        kl_weight: float = 1.0,
+        include_constant: bool = True,
+    ) -> None:
+        """q(z | x): amortised mean-field normal. ``kl_weight`` is beta (with warm-up)."""
+        with pyro.plate("cells", x.shape[0]), poutine.scale(scale=_scale(weight)):
+            loc, scale = self.encode(x, library, batch_index, mask)
+            with poutine.scale(scale=kl_weight):
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def _scale(weight: torch.Tensor | None) -> torch.Tensor | float:
+    return 1.0 if weight is None else weight
+
+
+@torch.no_grad()
+def importance_log_likelihood(
+    module: SCVAEModule,
+    x: torch.Tensor,
+    library: torch.Tensor,
+    batch_index: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    n_samples: int = 100,
+) -> torch.Tensor:
+    """Per-cell estimate of log p(x) by importance sampling with the guide as proposal.
+
+    ``log p(x) ~= logsumexp_s [log p(x | z_s) + log p(z_s) - log q(z_s | x)] - log S`` with
+    ``z_s ~ q(z | x)``; exact likelihood (constants included), observed entries only.
+    """
+    loc, scale = module.encode(x, library, batch_index, mask)
+    q = dist.Normal(loc, scale).to_event(1)
+    prior = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
+    log_w = []
+    for _ in range(n_samples):
+        z = q.sample()
+        counts = module.decode(z, library, batch_index, mask)
+        log_px = counts.log_prob(x)
+        if mask is not None:
+            log_px = log_px.masked_fill(~mask, 0.0)
+        log_w.append(log_px.sum(-1) + prior.log_prob(z) - q.log_prob(z))
+    return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(n_samples)

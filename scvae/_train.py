@@ -1,0 +1,160 @@
+"""The training loop: plain PyTorch optimisation of Pyro's mean-field ELBO.
+
+One step: Pyro traces the guide and the model on a minibatch, ``TraceMeanField_ELBO`` adds the
+observed log-likelihood and the analytic KL, and a torch optimiser updates the module's own
+parameters. No ``pyro.param`` store, no Lightning, no JIT.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from scipy.special import gammaln
+from tqdm.auto import tqdm
+
+from ._batches import MinibatchSource
+from ._module import SCVAEModule
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate_elbo", "kl_weight_at", "train"]
+
+
+def kl_weight_at(epoch: float, *, beta: float, warmup_epochs: float) -> float:
+    """KL weight after ``epoch`` epochs: linear warm-up from 0 to ``beta`` (beta-VAE).
+
+    Pyro's ``poutine.scale`` needs a positive scale, so callers pass the epoch *after* the
+    current step (never 0)."""
+    if warmup_epochs <= 0:
+        return beta
+    return beta * min(1.0, epoch / warmup_epochs)
+
+
+def _log_factorial_per_cell(source: MinibatchSource) -> float:
+    """Mean over the source's cells of sum_g lgamma(x_g + 1): the constant the training
+    objective leaves out, added back so that reported losses are exact."""
+    counts = source.data.counts[source.indices]
+    counts = counts.copy()
+    counts.data = gammaln(counts.data + 1.0)
+    return float(np.asarray(counts.sum(axis=1)).mean())
+
+
+def _step_loss(
+    elbo: TraceMeanField_ELBO, module: SCVAEModule, batch, kl_weight: float, exact: bool
+) -> torch.Tensor:
+    loss = elbo.differentiable_loss(
+        module.model,
+        module.guide,
+        **batch._asdict(),
+        kl_weight=kl_weight,
+        include_constant=exact,
+    )
+    return loss / batch.x.shape[0]
+
+
+@torch.no_grad()
+def evaluate_elbo(module: SCVAEModule, source: MinibatchSource) -> float:
+    """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample)."""
+    was_training = module.training
+    module.eval()
+    elbo = TraceMeanField_ELBO()
+    total, n = 0.0, 0
+    with pyro.validation_enabled(False):
+        for batch in source:
+            total += float(_step_loss(elbo, module, batch, 1.0, True)) * batch.x.shape[0]
+            n += batch.x.shape[0]
+    module.train(was_training)
+    return -total / max(n, 1)
+
+
+def train(
+    module: SCVAEModule,
+    train_source: MinibatchSource,
+    validation_source: MinibatchSource | None = None,
+    *,
+    max_epochs: int,
+    lr: float = 1e-3,
+    beta: float = 1.0,
+    kl_warmup_epochs: float = 0.0,
+    early_stopping: bool = True,
+    patience: int = 20,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Fit ``module`` by stochastic variational inference; returns the per-epoch history.
+
+    Early stopping watches the validation ELBO once the KL warm-up is over, stops after
+    ``patience`` epochs without improvement, and restores the best parameters.
+
+    Returns
+    -------
+    History with ``train_loss`` (the training objective per cell, the negative beta-weighted
+    ELBO), ``validation_elbo`` (exact ELBO per cell, if validating), ``kl_weight`` and
+    ``epoch_seconds``.
+    """
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    elbo = TraceMeanField_ELBO()
+    constant = _log_factorial_per_cell(train_source)
+    steps_per_epoch = max(len(train_source), 1)
+    history: dict[str, list[float]] = {
+        "train_loss": [],
+        "validation_elbo": [],
+        "kl_weight": [],
+        "epoch_seconds": [],
+    }
+    best_elbo, best_state, best_epoch, stale = -math.inf, None, -1, 0
+    bar = tqdm(range(max_epochs), desc="scvae", unit="epoch", disable=not progress)
+    module.train()
+    with pyro.validation_enabled(False):
+        for epoch in bar:
+            started = time.perf_counter()
+            total = torch.zeros((), device=train_source.device)
+            for step, batch in enumerate(train_source):
+                kl_weight = kl_weight_at(
+                    epoch + (step + 1) / steps_per_epoch, beta=beta, warmup_epochs=kl_warmup_epochs
+                )
+                loss = _step_loss(elbo, module, batch, kl_weight, False)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+            train_loss = float(total) / steps_per_epoch + constant
+            history["train_loss"].append(train_loss)
+            history["kl_weight"].append(kl_weight)
+            history["epoch_seconds"].append(time.perf_counter() - started)
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"the training loss became {train_loss} at epoch {epoch}; try a lower lr"
+                )
+            postfix = {"loss": f"{train_loss:.1f}"}
+            if validation_source is not None:
+                val = evaluate_elbo(module, validation_source)
+                history["validation_elbo"].append(val)
+                postfix["val_elbo"] = f"{val:.1f}"
+                warm = epoch + 1 >= kl_warmup_epochs
+                if warm and val > best_elbo:
+                    best_elbo, best_epoch, stale = val, epoch, 0
+                    best_state = copy.deepcopy(module.state_dict())
+                elif warm:
+                    stale += 1
+                if early_stopping and stale >= patience:
+                    logger.info(
+                        "early stopping at epoch %d: best validation ELBO %.2f at epoch %d",
+                        epoch,
+                        best_elbo,
+                        best_epoch,
+                    )
+                    break
+            bar.set_postfix(postfix, refresh=False)
+    if early_stopping and best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    if not history["validation_elbo"]:
+        del history["validation_elbo"]
+    return history

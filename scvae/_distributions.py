@@ -54,11 +54,20 @@ def nb_log_prob(
     >>> nb_log_prob(x, torch.log(torch.tensor([[1.0, 2.0]])), torch.zeros(2)).shape
     torch.Size([1, 2])
     """
+    if include_constant and x.dtype != torch.float64:
+        # The exact likelihood is evaluated for reporting only. Its terms cancel badly in
+        # float32 for large counts (lgamma(x + theta) against lgamma(x + 1)), so it is
+        # computed in float64 and cast back.
+        wide = nb_log_prob(x.double(), log_mu.double(), log_theta.double())
+        return wide.to(x.dtype)
     theta = log_theta.exp()
-    log_theta_mu = torch.logaddexp(log_theta, log_mu)
-    # theta * log(theta) - lgamma(theta) depends on the gene only: computed on its own shape.
-    per_gene = theta * log_theta - torch.lgamma(theta)
-    out = torch.lgamma(x + theta) + per_gene + x * log_mu - (theta + x) * log_theta_mu
+    # log(theta / (theta + mu)) = -softplus(d) and log(mu / (theta + mu)) = -softplus(-d)
+    # with d = log(mu / theta): no cancellation between two large logs.
+    d = log_mu - log_theta
+    # lgamma(theta) is computed on log_theta's own (per-gene) shape, then broadcast.
+    out = (
+        torch.lgamma(x + theta) - torch.lgamma(theta) - theta * F.softplus(d) - x * F.softplus(-d)
+    )
     if include_constant:
         out = out - torch.lgamma(x + 1.0)
     return out

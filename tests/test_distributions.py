@@ -1,0 +1,102 @@
+"""Our NB / ZINB / Poisson log-probabilities against torch.distributions and scipy.stats."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from scvae._distributions import (
+    CountDistribution,
+    nb_log_prob,
+    poisson_log_prob,
+    zinb_log_prob,
+)
+
+
+def _random_inputs(seed: int, n: int = 4000):
+    rng = np.random.default_rng(seed)
+    mu = np.exp(rng.uniform(np.log(1e-4), np.log(1e4), n))
+    theta = np.exp(rng.uniform(np.log(1e-2), np.log(1e3), n))
+    x = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float64)
+    x[:200] = 0.0  # plenty of zeros
+    x[200:220] = rng.integers(10**5, 10**7, 20)  # huge counts, far in the tail
+    zi = rng.normal(0, 2, n)
+    return x, mu, theta, zi
+
+
+def _t(a):
+    return torch.as_tensor(a, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nb_matches_scipy_and_torch(seed):
+    x, mu, theta, _ = _random_inputs(seed)
+    ours = nb_log_prob(_t(x), _t(np.log(mu)), _t(np.log(theta))).numpy()
+    reference = stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    torch_nb = torch.distributions.NegativeBinomial(
+        total_count=_t(theta), probs=_t(mu / (theta + mu))
+    ).log_prob(_t(x))
+    np.testing.assert_allclose(ours, torch_nb.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_nb_float32_close_to_float64():
+    """With float32 inputs (what training uses) the exact likelihood matches float64 for the
+    same float32-rounded inputs, huge counts included."""
+    x, mu, theta, _ = _random_inputs(3)
+    x32, log_mu32, log_theta32 = (
+        torch.tensor(a, dtype=torch.float32) for a in (x, np.log(mu), np.log(theta))
+    )
+    ours = nb_log_prob(x32, log_mu32, log_theta32).double().numpy()
+    mu64, theta64 = np.exp(log_mu32.double().numpy()), np.exp(log_theta32.double().numpy())
+    ref = stats.nbinom.logpmf(x32.double().numpy(), theta64, theta64 / (theta64 + mu64))
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_zinb_matches_mixture(seed):
+    x, mu, theta, zi = _random_inputs(seed)
+    pi = 1.0 / (1.0 + np.exp(-zi))
+    nb = stats.nbinom.pmf(x, theta, theta / (theta + mu))
+    log_nb = stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+    reference = np.where(x == 0, np.log(pi + (1 - pi) * nb), np.log1p(-pi) + log_nb)
+    ours = zinb_log_prob(_t(x), _t(np.log(mu)), _t(np.log(theta)), _t(zi)).numpy()
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_poisson_matches_scipy():
+    x, mu, _, _ = _random_inputs(0)
+    ours = poisson_log_prob(_t(x), _t(np.log(mu))).numpy()
+    np.testing.assert_allclose(ours, stats.poisson.logpmf(x, mu), rtol=1e-5, atol=1e-5)
+
+
+def test_training_objective_drops_only_the_constant():
+    x, mu, theta, zi = _random_inputs(2)
+    args = (_t(x), _t(np.log(mu)), _t(np.log(theta)))
+    for fn, extra in ((nb_log_prob, ()), (zinb_log_prob, (_t(zi),))):
+        exact = fn(*args, *extra)
+        training = fn(*args, *extra, include_constant=False)
+        expected = torch.lgamma(_t(x) + 1)
+        if fn is zinb_log_prob:
+            expected = torch.where(_t(x) == 0, torch.zeros_like(expected), expected)
+        np.testing.assert_allclose((training - exact).numpy(), expected.numpy(), rtol=1e-8)
+
+
+def test_per_gene_dispersion_broadcasts():
+    log_mu = torch.randn(5, 3, dtype=torch.float64)
+    log_theta = torch.randn(3, dtype=torch.float64)
+    x = torch.poisson(log_mu.exp())
+    full = nb_log_prob(x, log_mu, log_theta.expand(5, 3))
+    np.testing.assert_allclose(nb_log_prob(x, log_mu, log_theta).numpy(), full.numpy())
+
+
+@pytest.mark.parametrize("zero_inflated", [False, True])
+def test_samples_match_mean_and_variance(zero_inflated):
+    torch.manual_seed(0)
+    log_mu = torch.log(torch.tensor([0.5, 5.0, 50.0]))
+    log_theta = torch.log(torch.tensor([2.0, 0.5, 10.0]))
+    zi = torch.tensor([-1.0, 0.0, 1.0]) if zero_inflated else None
+    d = CountDistribution(log_mu, log_theta, zi)
+    draws = d.sample((200_000,))
+    np.testing.assert_allclose(draws.mean(0).numpy(), d.mean.numpy(), rtol=0.03)
+    np.testing.assert_allclose(draws.var(0).numpy(), d.variance.numpy(), rtol=0.08)

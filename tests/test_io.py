@@ -1,0 +1,70 @@
+"""Save / load: identical embeddings, weights-only loading, checks on the genes."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import scvae
+
+
+def test_save_load_round_trip_gives_identical_embeddings(fitted, tmp_path):
+    model, adata = fitted
+    model.save(tmp_path / "model")
+    loaded = scvae.load(tmp_path / "model", adata=adata)
+    np.testing.assert_array_equal(loaded.embed(adata), model.embed(adata))
+    assert loaded.gene_names == model.gene_names
+    assert loaded.batch_categories == ["batch_0", "batch_1"]
+    assert loaded.batch_key == "batch" and loaded.labels_key == "cell_type"
+    assert loaded.history["train_loss"] == model.history["train_loss"]
+
+
+def test_config_records_version_genes_and_batches(fitted, tmp_path):
+    model, adata = fitted
+    model.save(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["scvae_version"] == scvae.__version__
+    assert config["gene_names"] == list(adata.var_names)
+    assert config["batch_categories"] == ["batch_0", "batch_1"]
+
+
+def test_weights_file_holds_tensors_only(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path / "model")
+    state = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_loading_never_runs_code_from_the_file(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path / "model")
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('code ran')",))
+
+    (tmp_path / "model" / "weights.pt").write_bytes(pickle.dumps({"x": Payload()}))
+    with pytest.raises(pickle.UnpicklingError):
+        scvae.load(tmp_path / "model")
+
+
+def test_load_names_missing_genes(fitted, tmp_path):
+    model, adata = fitted
+    model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"'gene_3'.*'gene_7'|2 of the model"):
+        scvae.load(tmp_path / "model", adata=adata[:, ~adata.var_names.isin(["gene_3", "gene_7"])])
+
+
+def test_save_refuses_to_overwrite(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path / "model")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "model")
+    model.save(tmp_path / "model", overwrite=True)
+
+
+def test_load_of_a_folder_that_is_no_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an scvae model folder"):
+        scvae.load(tmp_path)

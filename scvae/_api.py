@@ -121,9 +121,48 @@ def fit(
     (500, 10)
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")  # doctest: +SKIP
     """
-    settings = {k: v for k, v in locals().items() if k != "adata"}
+    options = {k: v for k, v in locals().items() if k not in ("adata", "key_added")}
     data = prepare_counts(adata, layer=layer, batch_key=batch_key, labels_key=labels_key)
     zero_genes = _report_all_zero_genes(data)
+    model = fit_counts(data, **options)
+    model.settings["key_added"] = key_added
+    _write_results(adata, model, data, key_added, zero_genes)
+    return model
+
+
+def fit_counts(
+    data: CountData,
+    *,
+    validation_indices: np.ndarray | None = None,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    labels_key: str | None = None,
+    likelihood: str = "nb",
+    dispersion: str = "gene",
+    n_latent: int = 10,
+    n_hidden: int = 128,
+    n_layers: int = 1,
+    dropout: float = 0.1,
+    beta: float = 1.0,
+    kl_warmup: int | None = None,
+    max_epochs: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    early_stopping: bool = True,
+    validation_fraction: float = 0.1,
+    patience: int = 20,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> SCVAE:
+    """Fit on prepared :class:`~scvae._data.CountData`; :func:`fit` without the AnnData.
+
+    ``validation_indices`` fixes the held-out cells (e.g. a benchmark's test split: their
+    ELBO is then recorded every epoch) instead of drawing ``validation_fraction`` of them.
+    ``layer``, ``batch_key`` and ``labels_key`` are recorded so that the model reads new
+    AnnData the same way. Other arguments as in :func:`fit`.
+    """
+    settings = {k: v for k, v in locals().items() if k not in ("data", "validation_indices")}
     device = resolve_device(device)
     max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
     if max_epochs < 1 or batch_size < 1:
@@ -137,6 +176,11 @@ def fit(
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
+        if validation_indices is None:
+            train_idx, val_idx = _split(data.n_cells, validation_fraction, rng, early_stopping)
+        else:
+            val_idx = np.asarray(validation_indices)
+            train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
         module = SCVAEModule(
             data.n_genes,
             len(data.batch_categories),
@@ -147,9 +191,8 @@ def fit(
             dispersion=dispersion,
             dropout=dropout,
             encode_mask=data.missing is not None,
-            library_scale=float(np.median(data.library)),
+            library_scale=float(np.median(data.library[train_idx])),
         ).to(device)
-        train_idx, val_idx = _split(data.n_cells, validation_fraction, rng, early_stopping)
         train_source = MinibatchSource(
             data,
             train_idx,
@@ -182,7 +225,7 @@ def fit(
             patience=patience,
             progress=progress,
         )
-    model = SCVAE(
+    return SCVAE(
         module,
         gene_names=data.gene_names,
         batch_categories=data.batch_categories,
@@ -193,8 +236,6 @@ def fit(
         settings=settings,
         history=history,
     )
-    _write_results(adata, model, data, key_added, zero_genes)
-    return model
 
 
 def _split(

@@ -64,6 +64,10 @@ def nb_log_prob(
     # log(theta / (theta + mu)) = -softplus(d) and log(mu / (theta + mu)) = -softplus(-d)
     # with d = log(mu / theta): no cancellation between two large logs.
     d = log_mu - log_theta
+    if not include_constant and x.device.type == "cpu" and x.dim() == 2:
+        rows, cols = x.nonzero(as_tuple=True)
+        if rows.numel() < _SPARSE_BELOW * x.numel():
+            return _nb_sparse_terms(x, d, theta, rows, cols)
     # lgamma(theta) is computed on log_theta's own (per-gene) shape, then broadcast.
     out = (
         torch.lgamma(x + theta) - torch.lgamma(theta) - theta * F.softplus(d) - x * F.softplus(-d)
@@ -71,6 +75,31 @@ def nb_log_prob(
     if include_constant:
         out = out - torch.lgamma(x + 1.0)
     return out
+
+
+# Below this fraction of nonzero entries the CPU training objective computes its x-dependent
+# terms on the nonzeros only (typical scRNA-seq minibatches are 80-95 % zeros).
+_SPARSE_BELOW = 0.5
+
+
+def _nb_sparse_terms(
+    x: torch.Tensor, d: torch.Tensor, theta: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """The NB training objective with the terms that vanish at x = 0 evaluated on nonzeros.
+
+    At x = 0 the log-probability is just ``-theta * softplus(d)``; ``lgamma(x + theta) -
+    lgamma(theta) - x * softplus(-d)`` is nonzero only where x is, so the expensive lgamma
+    (and digamma in the backward pass) run on the nonzero entries alone.
+    """
+    values = x[rows, cols]
+    theta_nz = theta.expand_as(x)[rows, cols]
+    sparse = (
+        torch.lgamma(values + theta_nz)
+        - torch.lgamma(theta_nz)
+        - values * F.softplus(-d[rows, cols])
+    )
+    dense = -theta * F.softplus(d)
+    return dense.index_put((rows, cols), sparse, accumulate=True)
 
 
 def zinb_log_prob(

@@ -1,8 +1,8 @@
-"""The training loop: plain PyTorch optimisation of Pyro's mean-field ELBO.
+"""The training loop: plain PyTorch optimisation of the mean-field ELBO of the Pyro model.
 
-One step: Pyro traces the guide and the model on a minibatch, ``TraceMeanField_ELBO`` adds the
-observed log-likelihood and the analytic KL, and a torch optimiser updates the module's own
-parameters. No ``pyro.param`` store, no Lightning, no JIT.
+One step: Pyro traces the guide, replays the model against it, and :func:`mean_field_loss`
+adds the observed log-likelihood and the analytic KL of each latent site; a torch optimiser
+updates the module's own parameters. No ``pyro.param`` store, no Lightning, no JIT.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ import time
 import numpy as np
 import pyro
 import torch
-from pyro.infer import TraceMeanField_ELBO
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.subsample_messenger import _Subsample
 from scipy.special import gammaln
+from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from ._batches import MinibatchSource
@@ -24,7 +27,7 @@ from ._module import SCVAEModule
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_elbo", "kl_weight_at", "train"]
+__all__ = ["evaluate_elbo", "kl_weight_at", "mean_field_loss", "train"]
 
 
 def kl_weight_at(epoch: float, *, beta: float, warmup_epochs: float) -> float:
@@ -46,10 +49,36 @@ def _log_factorial_per_cell(source: MinibatchSource) -> float:
     return float(np.asarray(counts.sum(axis=1)).mean())
 
 
-def _step_loss(
-    elbo: TraceMeanField_ELBO, module: SCVAEModule, batch, kl_weight: float, exact: bool
-) -> torch.Tensor:
-    loss = elbo.differentiable_loss(
+def mean_field_loss(model, guide, *args, **kwargs) -> torch.Tensor:
+    """Negative ELBO with analytic KL terms: what ``pyro.infer.TraceMeanField_ELBO``'s
+    ``differentiable_loss`` computes for one particle, without its bookkeeping.
+
+    The guide is traced, the model replayed against the guide's samples; each observed site
+    adds its (scaled, masked) log-probability and each latent site subtracts
+    ``KL(q || p)`` scaled as in the guide. A test checks equality with Pyro's estimator.
+    Pyro's bookkeeping around the same computation (score parts of every site, subsample
+    pruning, NaN checks) costs about 10 % of a CPU step.
+    """
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *args, **kwargs
+    )
+    elbo = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            continue
+        if site["is_observed"]:
+            log_p = site["fn"].log_prob(site["value"])
+            elbo = elbo + scale_and_mask(log_p, site["scale"], site["mask"]).sum()
+        else:
+            q = guide_trace.nodes[name]
+            kl = kl_divergence(q["fn"], site["fn"])
+            elbo = elbo - scale_and_mask(kl, q["scale"], q["mask"]).sum()
+    return -elbo
+
+
+def _step_loss(module: SCVAEModule, batch, kl_weight: float, exact: bool) -> torch.Tensor:
+    loss = mean_field_loss(
         module.model,
         module.guide,
         **batch._asdict(),
@@ -64,11 +93,10 @@ def evaluate_elbo(module: SCVAEModule, source: MinibatchSource) -> float:
     """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample)."""
     was_training = module.training
     module.eval()
-    elbo = TraceMeanField_ELBO()
     total, n = 0.0, 0
     with pyro.validation_enabled(False):
         for batch in source:
-            total += float(_step_loss(elbo, module, batch, 1.0, True)) * batch.x.shape[0]
+            total += float(_step_loss(module, batch, 1.0, True)) * batch.x.shape[0]
             n += batch.x.shape[0]
     module.train(was_training)
     return -total / max(n, 1)
@@ -99,7 +127,6 @@ def train(
     ``epoch_seconds``.
     """
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
-    elbo = TraceMeanField_ELBO()
     constant = _log_factorial_per_cell(train_source)
     steps_per_epoch = max(len(train_source), 1)
     history: dict[str, list[float]] = {
@@ -119,7 +146,7 @@ def train(
                 kl_weight = kl_weight_at(
                     epoch + (step + 1) / steps_per_epoch, beta=beta, warmup_epochs=kl_warmup_epochs
                 )
-                loss = _step_loss(elbo, module, batch, kl_weight, False)
+                loss = _step_loss(module, batch, kl_weight, False)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

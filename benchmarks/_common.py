@@ -1,0 +1,104 @@
+"""Shared pieces of the benchmarks: data preparation per ../shared/BENCHMARK.md, peak RSS,
+environment record, table output. Both models are timed in one process on the same split."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import scanpy as sc
+import torch
+from anndata import AnnData
+
+from scvae import datasets
+
+
+def prepare(name: str, *, seed: int = 0, max_cells: int | None = None):
+    """Raw counts of ``name``; 2000 HVGs (seurat_v3, on the training cells) if it has more
+    than 2003 genes; a seeded 90/10 split of the cells. Returns (adata, train_idx, test_idx)."""
+    adata = datasets.read(name)
+    rng = np.random.default_rng(seed)
+    if max_cells is not None and adata.n_obs > max_cells:
+        adata = adata[np.sort(rng.choice(adata.n_obs, max_cells, replace=False))].copy()
+    order = rng.permutation(adata.n_obs)
+    n_test = round(0.1 * adata.n_obs)
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    if adata.n_vars > 2003:
+        train = adata[train_idx].copy()
+        sc.pp.highly_variable_genes(train, flavor="seurat_v3", n_top_genes=2000)
+        adata = adata[:, train.var["highly_variable"].to_numpy()].copy()
+        keep = np.asarray(adata.X[train_idx].sum(axis=0)).ravel() > 0
+        adata = adata[:, keep].copy()
+    return adata, train_idx, test_idx
+
+
+class PeakRSS:
+    """Peak resident memory of a block: resets the kernel's high-water mark (Linux) on entry."""
+
+    def __enter__(self) -> PeakRSS:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        self.start_mb = _status_mb("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.resettable:
+            self.peak_mb = _status_mb("VmHWM")
+        else:  # ru_maxrss is the peak of the whole process so far (kB on Linux)
+            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.increase_mb = self.peak_mb - self.start_mb
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def environment(seed: int) -> dict:
+    libs = {}
+    for lib in ("scvae-pyro", "torch", "pyro-ppl", "scvi-tools", "anndata", "scanpy", "numpy"):
+        try:
+            libs[lib] = version(lib)
+        except Exception:
+            libs[lib] = "not installed"
+    return {
+        "libraries": libs,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "seed": seed,
+    }
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """``columns``: (key, header, format) triples."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            cells.append("" if value is None else format(value, fmt) if fmt else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=float))
+
+
+def subset(adata: AnnData, idx: np.ndarray) -> AnnData:
+    return adata[idx].copy()

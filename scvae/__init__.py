@@ -7,8 +7,20 @@
 
 from . import datasets, pl
 from ._api import fit
+from ._impute import denoise, impute
 from ._io import load
 from ._model import SCVAE
+from ._panels import concat_panels
 from ._version import __version__
 
-__all__ = ["SCVAE", "__version__", "datasets", "fit", "load", "pl"]
+__all__ = [
+    "SCVAE",
+    "__version__",
+    "concat_panels",
+    "datasets",
+    "denoise",
+    "fit",
+    "impute",
+    "load",
+    "pl",
+]

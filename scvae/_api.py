@@ -13,7 +13,7 @@ import torch
 from anndata import AnnData
 
 from ._batches import MinibatchSource
-from ._data import CountData, prepare_counts
+from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
 from ._module import SCVAEModule
 from ._train import train
@@ -45,6 +45,7 @@ def fit(
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
+    mask_layer: str | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -81,6 +82,9 @@ def fit(
         ``obs`` column of batches; the batch one-hot enters the encoder and decoder.
     labels_key
         ``obs`` column of cell-type labels, recorded for later use (NaN = unlabelled).
+    mask_layer
+        Boolean layer, True where an entry was observed; False entries are missing values,
+        like NaN entries of the counts.
     likelihood
         ``"nb"`` (negative binomial, default), ``"zinb"`` or ``"poisson"``.
     dispersion
@@ -122,7 +126,15 @@ def fit(
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")  # doctest: +SKIP
     """
     options = {k: v for k, v in locals().items() if k not in ("adata", "key_added")}
-    data = prepare_counts(adata, layer=layer, batch_key=batch_key, labels_key=labels_key)
+    data = prepare_counts(
+        adata, layer=layer, batch_key=batch_key, labels_key=labels_key, mask_layer=mask_layer
+    )
+    unmeasured = missing_genes(data)
+    if unmeasured:
+        raise ValueError(
+            f"{len(unmeasured)} genes have every entry missing (e.g. {unmeasured[:5]}); "
+            "nothing can be learnt about them: remove them before fitting"
+        )
     zero_genes = _report_all_zero_genes(data)
     model = fit_counts(data, **options)
     model.settings["key_added"] = key_added
@@ -137,6 +149,7 @@ def fit_counts(
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
+    mask_layer: str | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -159,8 +172,8 @@ def fit_counts(
 
     ``validation_indices`` fixes the held-out cells (e.g. a benchmark's test split: their
     ELBO is then recorded every epoch) instead of drawing ``validation_fraction`` of them.
-    ``layer``, ``batch_key`` and ``labels_key`` are recorded so that the model reads new
-    AnnData the same way. Other arguments as in :func:`fit`.
+    ``layer``, ``batch_key``, ``labels_key`` and ``mask_layer`` are recorded so that the model
+    reads new AnnData the same way. Other arguments as in :func:`fit`.
     """
     settings = {k: v for k, v in locals().items() if k not in ("data", "validation_indices")}
     device = resolve_device(device)
@@ -204,7 +217,7 @@ def fit_counts(
         )
         val_source = None
         if len(val_idx):
-            val_source = MinibatchSource(data, val_idx, batch_size=1024, device=device)
+            val_source = MinibatchSource(data, val_idx, batch_size=256, device=device)
         logger.info(
             "training on %d cells (%d held out for validation), %d genes, %s, up to %d epochs",
             len(train_idx),
@@ -233,6 +246,7 @@ def fit_counts(
         layer=layer,
         batch_key=batch_key,
         labels_key=labels_key,
+        mask_layer=mask_layer,
         settings=settings,
         history=history,
     )

@@ -71,6 +71,7 @@ def prepare_counts(
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
+    mask_layer: str | None = None,
     batch_categories: list[str] | None = None,
     gene_names: list[str] | None = None,
 ) -> CountData:
@@ -86,6 +87,8 @@ def prepare_counts(
         ``obs`` column with the batch of each cell.
     labels_key
         ``obs`` column with cell-type labels (NaN allowed: unlabelled).
+    mask_layer
+        Boolean layer, True where an entry was observed. False entries are missing, like NaN.
     batch_categories
         Categories of a trained model: new data must use only these.
     gene_names
@@ -94,6 +97,7 @@ def prepare_counts(
     """
     _check_adata(adata)
     matrix = _get_matrix(adata, layer)
+    columns = None
     if gene_names is not None:
         columns = align_genes(adata.var_names, gene_names)
         matrix = matrix[:, columns]
@@ -102,6 +106,8 @@ def prepare_counts(
         genes = [str(g) for g in adata.var_names]
     where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
     counts, missing = _to_csr_counts(matrix, where, adata.obs_names, genes)
+    if mask_layer is not None:
+        counts, missing = _apply_mask_layer(adata, mask_layer, columns, counts, missing)
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     _check_cells(library, missing, adata.obs_names, len(genes), where)
 
@@ -122,6 +128,48 @@ def prepare_counts(
         labels=labels,
         label_categories=label_cats,
     )
+
+
+def missing_genes(data: CountData) -> list[str]:
+    """Genes with every entry missing: nothing can be learnt about them."""
+    if data.missing is None:
+        return []
+    n_missing = np.asarray(data.missing.sum(axis=0)).ravel()
+    return [data.gene_names[i] for i in np.flatnonzero(n_missing == data.n_cells)]
+
+
+def _apply_mask_layer(
+    adata: AnnData,
+    mask_layer: str,
+    columns: np.ndarray | None,
+    counts: sp.csr_matrix,
+    missing: sp.csr_matrix | None,
+) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    """Add the False entries of a boolean 'observed' layer to the missing entries."""
+    if mask_layer not in adata.layers:
+        raise KeyError(
+            f"mask_layer {mask_layer!r} not in adata.layers (available: {list(adata.layers)})"
+        )
+    observed = adata.layers[mask_layer]
+    if observed.dtype != bool:
+        raise TypeError(
+            f"adata.layers[{mask_layer!r}] must be boolean (True = observed), got "
+            f"{observed.dtype}; e.g. adata.layers[{mask_layer!r}] = ~np.isnan(values)"
+        )
+    if columns is not None:
+        observed = observed[:, columns]
+    if sp.issparse(observed):
+        observed = observed.toarray()
+    masked = sp.csr_matrix(~np.asarray(observed))
+    if masked.nnz == 0:
+        return counts, missing
+    missing = masked if missing is None else (missing + masked).astype(bool).tocsr()
+    # Counts under the mask are not data: drop them (x - x is exactly 0; others unchanged).
+    counts = (counts - counts.multiply(missing)).tocsr()
+    counts.eliminate_zeros()
+    missing.sort_indices()
+    logger.info("%d entries are missing and will be left out of the likelihood", missing.nnz)
+    return counts, missing
 
 
 def align_genes(var_names: pd.Index, gene_names: list[str]) -> np.ndarray:
@@ -196,8 +244,10 @@ def _to_csr_counts(matrix, where: str, cells, genes) -> tuple[sp.csr_matrix, sp.
         missing = sp.vstack(missing_chunks, format="csr")
     else:
         nan = np.isnan(counts.data)
+        # csr_matrix keeps the arrays it is given and eliminate_zeros compacts them in
+        # place: hand it copies, so that `nan` still indexes counts.data afterwards.
         missing = sp.csr_matrix(
-            (nan, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape
+            (nan.copy(), counts.indices.copy(), counts.indptr.copy()), shape=counts.shape
         )
         missing.eliminate_zeros()
         counts.data[nan] = 0.0

@@ -177,6 +177,19 @@ class CountDistribution(TorchDistribution):
             include_constant=self.include_constant,
         )
 
+    def at(self, rows: torch.Tensor, cols: torch.Tensor) -> CountDistribution:
+        """The 1-d distribution of the entries ``(rows, cols)`` of a 2-d distribution."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.expand(self.batch_shape)[rows, cols]
+
+        return CountDistribution(
+            pick(self.log_mu),
+            pick(self.log_theta),
+            pick(self.zi_logits),
+            include_constant=self.include_constant,
+        )
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         keep = self.include_constant
         if self.log_theta is None:

@@ -44,6 +44,7 @@ def save(model: SCVAE, path: str | Path, *, overwrite: bool = False) -> Path:
         "layer": model.layer,
         "batch_key": model.batch_key,
         "labels_key": model.labels_key,
+        "mask_layer": model.mask_layer,
         "settings": model.settings,
         "history": model.history,
     }
@@ -104,6 +105,7 @@ def load(
         layer=config["layer"],
         batch_key=config["batch_key"],
         labels_key=config["labels_key"],
+        mask_layer=config.get("mask_layer"),
         settings=config["settings"],
         history=config["history"],
     )

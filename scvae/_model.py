@@ -31,8 +31,9 @@ class SCVAE:
         Genes the model was trained on, in order.
     batch_categories, label_categories
         Categories of ``batch_key`` and ``labels_key`` seen in training.
-    layer, batch_key, labels_key
-        Where the counts and covariates were read from; new data is read the same way.
+    layer, batch_key, labels_key, mask_layer
+        Where the counts, covariates and observation mask were read from; new data is read
+        the same way (a mask layer only if ``adata`` has it).
     settings
         The arguments of the fit.
     history
@@ -50,6 +51,7 @@ class SCVAE:
         batch_key: str | None,
         labels_key: str | None,
         settings: dict[str, Any],
+        mask_layer: str | None = None,
         history: dict[str, list[float]],
     ) -> None:
         self.module = module
@@ -59,6 +61,7 @@ class SCVAE:
         self.layer = layer
         self.batch_key = batch_key
         self.labels_key = labels_key
+        self.mask_layer = mask_layer
         self.settings = dict(settings)
         self.history = {k: list(v) for k, v in history.items()}
 
@@ -73,11 +76,24 @@ class SCVAE:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
-    def prepare(self, adata: AnnData, *, layer: str | type | None = ...) -> CountData:
-        """Read ``adata`` the way the training data was read (genes by name, same batches)."""
+    def prepare(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | type | None = ...,
+        mask_layer: str | type | None = ...,
+    ) -> CountData:
+        """Read ``adata`` the way the training data was read (genes by name, same batches).
+
+        ``...`` (the default) means "as at fit time"; the fit's mask layer is used only if
+        ``adata`` has it.
+        """
+        if mask_layer is ...:
+            mask_layer = self.mask_layer if self.mask_layer in adata.layers else None
         return prepare_counts(
             adata,
             layer=self.layer if layer is ... else layer,
+            mask_layer=mask_layer,
             batch_key=self.batch_key,
             batch_categories=self.batch_categories if self.batch_key else None,
             gene_names=self.gene_names,

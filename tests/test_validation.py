@@ -126,3 +126,13 @@ def test_bad_options(small_adata, option, message):
 def test_not_an_anndata():
     with pytest.raises(TypeError, match="AnnData"):
         scvae.fit(np.ones((3, 3)))
+
+
+def test_sparse_nan_marks_only_the_nan_entries_missing():
+    from scvae._data import prepare_counts
+
+    x = np.array([[1, np.nan, 0, 4], [2, 3, np.nan, 0]], dtype=np.float32)
+    data = prepare_counts(ad.AnnData(sp.csr_matrix(x)))
+    np.testing.assert_array_equal(data.counts.toarray(), np.nan_to_num(x))
+    np.testing.assert_array_equal(data.missing.toarray(), np.isnan(x))
+    np.testing.assert_array_equal(data.library, [5, 5])

@@ -7,7 +7,7 @@
 
 from . import datasets, pl
 from ._api import fit
-from ._impute import denoise, impute
+from ._impute import denoise, impute, predictive_log_likelihood
 from ._io import load
 from ._model import SCVAE
 from ._panels import concat_panels
@@ -23,4 +23,5 @@ __all__ = [
     "impute",
     "load",
     "pl",
+    "predictive_log_likelihood",
 ]

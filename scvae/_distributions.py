@@ -54,20 +54,28 @@ def nb_log_prob(
     >>> nb_log_prob(x, torch.log(torch.tensor([[1.0, 2.0]])), torch.zeros(2)).shape
     torch.Size([1, 2])
     """
+    if x.dim() == 2 and (include_constant or x.device.type == "cpu"):
+        # Sparse route (see _nb_on_nonzeros); on the GPU only for reporting, since
+        # nonzero() waits for the device.
+        rows, cols = x.nonzero(as_tuple=True)
+        if rows.numel() < _SPARSE_BELOW * x.numel():
+            return _nb_on_nonzeros(x, log_mu, log_theta, rows, cols, include_constant)
     if include_constant and x.dtype != torch.float64:
         # The exact likelihood is evaluated for reporting only. Its terms cancel badly in
         # float32 for large counts (lgamma(x + theta) against lgamma(x + 1)), so it is
         # computed in float64 and cast back.
         wide = nb_log_prob(x.double(), log_mu.double(), log_theta.double())
         return wide.to(x.dtype)
+    return _nb_dense(x, log_mu, log_theta, include_constant)
+
+
+def _nb_dense(
+    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, include_constant: bool
+) -> torch.Tensor:
     theta = log_theta.exp()
     # log(theta / (theta + mu)) = -softplus(d) and log(mu / (theta + mu)) = -softplus(-d)
     # with d = log(mu / theta): no cancellation between two large logs.
     d = log_mu - log_theta
-    if not include_constant and x.device.type == "cpu" and x.dim() == 2:
-        rows, cols = x.nonzero(as_tuple=True)
-        if rows.numel() < _SPARSE_BELOW * x.numel():
-            return _nb_sparse_terms(x, d, theta, rows, cols)
     # lgamma(theta) is computed on log_theta's own (per-gene) shape, then broadcast.
     out = (
         torch.lgamma(x + theta) - torch.lgamma(theta) - theta * F.softplus(d) - x * F.softplus(-d)
@@ -77,29 +85,40 @@ def nb_log_prob(
     return out
 
 
-# Below this fraction of nonzero entries the CPU training objective computes its x-dependent
-# terms on the nonzeros only (typical scRNA-seq minibatches are 80-95 % zeros).
+# Below this fraction of nonzero entries the log-probability computes its x-dependent terms on
+# the nonzeros only (typical scRNA-seq minibatches are 80-95 % zeros).
 _SPARSE_BELOW = 0.5
 
 
-def _nb_sparse_terms(
-    x: torch.Tensor, d: torch.Tensor, theta: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+def _nb_on_nonzeros(
+    x: torch.Tensor,
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    include_constant: bool,
 ) -> torch.Tensor:
-    """The NB training objective with the terms that vanish at x = 0 evaluated on nonzeros.
+    """NB log-probability with the full formula evaluated at the nonzero entries only.
 
-    At x = 0 the log-probability is just ``-theta * softplus(d)``; ``lgamma(x + theta) -
-    lgamma(theta) - x * softplus(-d)`` is nonzero only where x is, so the expensive lgamma
-    (and digamma in the backward pass) run on the nonzero entries alone.
+    At x = 0 the log-probability is just ``-theta * softplus(d)``, one product with no
+    cancellation; that is computed densely. At the nonzeros the full formula overwrites it:
+    the expensive lgamma (and digamma in the backward pass) run on the nonzeros alone. For
+    the exact likelihood (reporting), the nonzeros are computed in float64, where the large
+    lgamma terms cancel without loss, with no dense float64 temporaries.
     """
+    theta = log_theta.exp()
+    zero_value = -theta * F.softplus(log_mu - log_theta)
     values = x[rows, cols]
-    theta_nz = theta.expand_as(x)[rows, cols]
-    sparse = (
-        torch.lgamma(values + theta_nz)
-        - torch.lgamma(theta_nz)
-        - values * F.softplus(-d[rows, cols])
-    )
-    dense = -theta * F.softplus(d)
-    return dense.index_put((rows, cols), sparse, accumulate=True)
+    log_mu_nz = log_mu.expand_as(x)[rows, cols]
+    log_theta_nz = log_theta.expand_as(x)[rows, cols]
+    if include_constant:
+        values, log_mu_nz, log_theta_nz = (
+            values.double(),
+            log_mu_nz.double(),
+            log_theta_nz.double(),
+        )
+    nonzero = _nb_dense(values, log_mu_nz, log_theta_nz, include_constant)
+    return zero_value.expand_as(x).index_put((rows, cols), nonzero.to(x.dtype))
 
 
 def zinb_log_prob(

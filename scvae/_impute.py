@@ -8,6 +8,8 @@ for every entry) and lives in its own function so that the two are not confused.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,11 +18,18 @@ from anndata import AnnData
 
 from ._batches import MinibatchSource
 from ._data import CountData, align_genes, prepare_counts
+from ._distributions import CountDistribution
 from ._model import SCVAE, _cuda_devices
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_interval", "denoise", "impute"]
+__all__ = [
+    "count_interval",
+    "denoise",
+    "impute",
+    "predictive_draws",
+    "predictive_log_likelihood",
+]
 
 METHODS = ("model", "mean", "random")
 
@@ -148,7 +157,64 @@ def denoise(
     logger.info("added %r (adata.layers)", f"{key_added}_denoised")
 
 
-@torch.no_grad()
+def predictive_draws(
+    model: SCVAE, data: CountData, *, n_samples: int, seed: int = 0, batch_size: int = 256
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[CountDistribution]]]:
+    """Posterior predictive at the missing entries, one minibatch of cells at a time.
+
+    Yields ``(rows, cols, draws)``: positions of the minibatch's missing entries (rows
+    counted over all of ``data``) and, for each of ``n_samples`` draws z ~ q(z | observed
+    entries), the count distribution p(x | z) at those entries.
+    """
+    module = model.module.eval()
+    source = MinibatchSource(data, batch_size=batch_size, device=model.device)
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(model.device)):
+        torch.manual_seed(seed)
+        for start, b in zip(range(0, data.n_cells, batch_size), source, strict=True):
+            if b.mask is None:
+                continue
+            rows, cols = (~b.mask).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)
+            draws = []
+            for _ in range(n_samples):
+                z = loc + scale * torch.randn_like(loc)
+                draws.append(module.decode(z, b.library, b.batch_index, b.mask).at(rows, cols))
+            yield rows + start, cols, draws
+
+
+def predictive_log_likelihood(
+    adata: AnnData,
+    model: SCVAE,
+    truth,
+    *,
+    n_samples: int = 100,
+    layer: str | type | None = ...,
+    mask_layer: str | type | None = ...,
+    seed: int = 0,
+) -> np.ndarray:
+    """log p(true value | observed entries of the cell) at every missing entry (nats).
+
+    For checking imputation where the hidden values are known (e.g. entries hidden on
+    purpose): ``truth`` is a cells x genes array or sparse matrix aligned with ``adata``
+    holding the true counts. Estimated as ``log mean_s p(x | z_s)`` with z_s drawn from the
+    encoder; the proper score to compare models' imputations. Returns one value per missing
+    entry of the model's genes, in row-major order.
+    """
+    data = model.prepare(adata, layer=layer, mask_layer=mask_layer)
+    columns = align_genes(adata.var_names, model.gene_names)
+    truth = sp.csr_matrix(truth)[:, columns]
+    out = []
+    for rows, cols, draws in predictive_draws(model, data, n_samples=n_samples, seed=seed):
+        r, c = np.array(rows.cpu()), np.array(cols.cpu())  # writeable copies for scipy
+        values = np.asarray(truth[r, c]).ravel()
+        x = torch.as_tensor(values, dtype=torch.float32, device=rows.device)
+        log_p = torch.stack([d.log_prob(x) for d in draws])
+        out.append((torch.logsumexp(log_p, 0) - math.log(n_samples)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def _posterior_predictive(
     model: SCVAE,
     data: CountData,
@@ -157,37 +223,23 @@ def _posterior_predictive(
     seed: int,
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Predictive mean (and interval) at every missing entry, cell by cell in minibatches."""
-    module = model.module.eval()
+    """Predictive mean (and interval) at every missing entry."""
     all_rows, all_cols, means, lowers, uppers = [], [], [], [], []
-    tail = None if interval is None else (1 - interval) / 2
-    source = MinibatchSource(data, batch_size=batch_size, device=model.device)
-    with torch.random.fork_rng(devices=_cuda_devices(model.device)):
-        torch.manual_seed(seed)
-        for start, b in zip(range(0, data.n_cells, batch_size), source, strict=True):
-            rows, cols = (~b.mask).nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
-            loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)
-            total = torch.zeros(rows.numel(), device=loc.device, dtype=torch.float64)
-            draws = []
-            for _ in range(n_samples):
-                z = loc + scale * torch.randn_like(loc)
-                entries = module.decode(z, b.library, b.batch_index, b.mask).at(rows, cols)
-                total += entries.mean
-                if tail is not None:
-                    draws.append(entries.sample())
-            means.append((total / n_samples).cpu().numpy())
-            if tail is not None:
-                lower, upper = count_interval(torch.stack(draws), interval)
-                lowers.append(lower)
-                uppers.append(upper)
-            all_rows.append(rows.cpu().numpy() + start)
-            all_cols.append(cols.cpu().numpy())
+    for rows, cols, draws in predictive_draws(
+        model, data, n_samples=n_samples, seed=seed, batch_size=batch_size
+    ):
+        # Rao-Blackwellised: the mean of p(x | z) for each z, averaged over z.
+        means.append(torch.stack([d.mean for d in draws]).mean(0).cpu().numpy())
+        if interval is not None:
+            lower, upper = count_interval(torch.stack([d.sample() for d in draws]), interval)
+            lowers.append(lower.cpu().numpy())
+            uppers.append(upper.cpu().numpy())
+        all_rows.append(rows.cpu().numpy())
+        all_cols.append(cols.cpu().numpy())
     fills = {"imputed": np.concatenate(means).astype(np.float32)}
-    if tail is not None:
-        fills["lower"] = torch.cat(lowers).cpu().numpy().astype(np.float32)
-        fills["upper"] = torch.cat(uppers).cpu().numpy().astype(np.float32)
+    if interval is not None:
+        fills["lower"] = np.concatenate(lowers).astype(np.float32)
+        fills["upper"] = np.concatenate(uppers).astype(np.float32)
     return np.concatenate(all_rows), np.concatenate(all_cols), fills
 
 

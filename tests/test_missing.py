@@ -194,3 +194,18 @@ def test_count_interval_holds_the_mass_closest_to_the_level():
     wide = torch.arange(100.0)[:, None]  # uniform on 0..99
     lower, upper = count_interval(wide, 0.9)
     assert 88 <= float(upper - lower + 1) <= 92
+
+
+def test_predictive_log_likelihood_beats_a_gene_mean_poisson(hidden_fit):
+    from scipy import stats
+
+    truth, adata, hidden, model = hidden_fit
+    ours = scvae.predictive_log_likelihood(adata, model, truth.X, n_samples=50)
+    counts = truth.X.toarray()
+    assert ours.shape == (hidden.sum(),)
+    # Row-major order of the hidden entries, as documented.
+    observed_mean = np.nanmean(np.where(hidden, np.nan, counts), axis=0)
+    rows, cols = np.nonzero(hidden)
+    baseline = stats.poisson.logpmf(counts[rows, cols], observed_mean[cols])
+    assert np.all(ours <= 0)
+    assert ours.mean() > baseline.mean() + 0.1

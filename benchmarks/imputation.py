@@ -1,0 +1,219 @@
+"""Imputation of hidden entries: scvae (NaN = missing) against SCVI (fed zeros, its only
+option), per-gene mean fill and random fill. Protocol: ../shared/BENCHMARK.md.
+
+Both models train on the training cells (seed-0 90/10 split, 1 x 128 hidden, 10 latent, NB,
+batch 128, lr 1e-3); then 10 % of the entries of the held-out cells are hidden: (a) at random,
+(b) among the nonzero entries, (c) a random 10 % of the genes in the held-out cells of one
+batch (of all held-out cells where the dataset has no batch).
+
+    python benchmarks/imputation.py --datasets pbmc4k_scdcc cellbench_5cl mouse_bladder_scdcc
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+from _common import environment, markdown_table, prepare, write_json
+
+import scvae
+from scvae._api import fit_counts
+from scvae._data import prepare_counts
+from scvae._distributions import CountDistribution
+from scvae._impute import count_interval
+
+logger = logging.getLogger("benchmark")
+SCENARIOS = ("random", "nonzero", "gene_block")
+
+
+def hide(test: ad.AnnData, scenario: str, batch_key: str | None, rng) -> np.ndarray:
+    """Boolean cells x genes mask of the entries to hide."""
+    counts = test.X.toarray()
+    hidden = np.zeros(counts.shape, dtype=bool)
+    if scenario == "random":
+        hidden = rng.random(counts.shape) < 0.1
+    elif scenario == "nonzero":
+        rows, cols = np.nonzero(counts)
+        pick = rng.random(rows.size) < 0.1
+        hidden[rows[pick], cols[pick]] = True
+    else:
+        genes = rng.choice(counts.shape[1], size=max(1, counts.shape[1] // 10), replace=False)
+        cells = np.ones(test.n_obs, dtype=bool)
+        if batch_key is not None:
+            batch = test.obs[batch_key].astype(str).to_numpy()
+            cells = batch == sorted(set(batch))[0]
+        hidden[np.ix_(cells, genes)] = True
+    # A cell must keep some observed counts: never hide every nonzero entry of a cell.
+    empty = ((counts * ~hidden).sum(axis=1) == 0) & hidden.any(axis=1)
+    hidden[empty] = False
+    return hidden
+
+
+def scores(
+    estimate: np.ndarray,
+    truth: np.ndarray,
+    log_lik: np.ndarray | None = None,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+) -> dict:
+    """Metrics of the protocol on the hidden entries (1-d arrays)."""
+    le, lt = np.log1p(estimate), np.log1p(truth)
+    nonzero = truth > 0
+    out = {
+        "mae_log1p": float(np.mean(np.abs(le - lt))),
+        "r_log1p": float(np.corrcoef(le, lt)[0, 1]),
+        "median_ae_nonzero": float(np.median(np.abs(estimate[nonzero] - truth[nonzero]))),
+        "pred_loglik": None if log_lik is None else float(np.mean(log_lik)),
+        "coverage90": None,
+    }
+    if lower is not None:
+        out["coverage90"] = float(np.mean((lower <= truth) & (truth <= upper)))
+    return out
+
+
+def evaluate_scvae(model, test_nan, truth, hidden, n_samples: int):
+    scvae.impute(test_nan, model, interval=0.9, n_samples=n_samples)
+    rows, cols = np.nonzero(hidden)
+    layer = test_nan.layers
+    log_lik = scvae.predictive_log_likelihood(test_nan, model, truth, n_samples=n_samples)
+    return scores(
+        layer["scvae_imputed"][rows, cols],
+        truth[rows, cols],
+        log_lik,
+        layer["scvae_lower"][rows, cols],
+        layer["scvae_upper"][rows, cols],
+    )
+
+
+def evaluate_scvi(model, test_zero: ad.AnnData, truth, hidden, n_samples: int):
+    rows, cols = np.nonzero(hidden)
+    means, log_lik, lowers, uppers = [], [], [], []
+    for chunk in np.array_split(np.arange(test_zero.n_obs), max(1, test_zero.n_obs // 64)):
+        params = model.get_likelihood_parameters(test_zero, indices=chunk, n_samples=n_samples)
+        mu = torch.as_tensor(params["mean"])  # samples x cells x genes
+        theta = torch.as_tensor(params["dispersions"])  # cells x genes
+        in_chunk = np.isin(rows, chunk)
+        r = np.searchsorted(chunk, rows[in_chunk])
+        c = cols[in_chunk]
+        log_mu = torch.log(mu[:, r, c].clamp(min=1e-12))
+        dist = CountDistribution(log_mu, torch.log(theta[r, c])[None].expand_as(log_mu))
+        x = torch.as_tensor(truth[rows[in_chunk], c], dtype=torch.float32)
+        log_lik.append(torch.logsumexp(dist.log_prob(x.expand_as(log_mu)), 0) - math.log(len(mu)))
+        means.append(mu[:, r, c].mean(0))
+        lower, upper = count_interval(dist.sample(), 0.9)
+        lowers.append(lower)
+        uppers.append(upper)
+    # Chunks were taken in row order, so concatenating keeps the row-major order of rows/cols.
+    return scores(
+        torch.cat(means).numpy(),
+        truth[rows, cols],
+        torch.cat(log_lik).numpy(),
+        torch.cat(lowers).numpy(),
+        torch.cat(uppers).numpy(),
+    )
+
+
+def evaluate_baseline(train: ad.AnnData, test_nan: ad.AnnData, truth, hidden, method: str):
+    combined = ad.concat([train, test_nan])
+    combined.X = combined.X.toarray() if sp.issparse(combined.X) else combined.X
+    scvae.impute(combined, method=method, key_added=method)
+    filled = combined.layers[f"{method}_imputed"][train.n_obs :]
+    rows, cols = np.nonzero(hidden)
+    return scores(filled[rows, cols], truth[rows, cols])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["pbmc4k_scdcc"])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import scvi
+
+    rows = []
+    for name in args.datasets:
+        adata, train_idx, test_idx = prepare(name, seed=0)
+        batch_key = "batch" if "batch" in adata.obs else None
+        train, test = adata[train_idx].copy(), adata[test_idx].copy()
+        ours = fit_counts(
+            prepare_counts(train, batch_key=batch_key),
+            batch_key=batch_key,
+            max_epochs=args.epochs,
+            batch_size=128,
+            lr=1e-3,
+            early_stopping=False,
+            validation_fraction=0.0,
+            progress=False,
+            seed=0,
+        )
+        scvi.settings.seed = 0
+        reference_train = train.copy()
+        scvi.model.SCVI.setup_anndata(reference_train, batch_key=batch_key)
+        reference = scvi.model.SCVI(
+            reference_train, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb"
+        )
+        reference.train(
+            max_epochs=args.epochs,
+            batch_size=128,
+            train_size=1.0,
+            early_stopping=False,
+            accelerator="cpu",
+            plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": args.epochs // 8},
+            enable_progress_bar=False,
+        )
+        truth = test.X.toarray()
+        for scenario in SCENARIOS:
+            hidden = hide(test, scenario, batch_key, np.random.default_rng(0))
+            test_nan = test.copy()
+            test_nan.X = np.where(hidden, np.nan, truth).astype(np.float32)
+            test_zero = test.copy()
+            test_zero.X = sp.csr_matrix(np.where(hidden, 0.0, truth).astype(np.float32))
+            results = {
+                "scvae": evaluate_scvae(ours, test_nan.copy(), truth, hidden, args.samples),
+                "SCVI (zeros)": evaluate_scvi(reference, test_zero, truth, hidden, args.samples),
+                "mean fill": evaluate_baseline(train, test_nan, truth, hidden, "mean"),
+                "random fill": evaluate_baseline(train, test_nan, truth, hidden, "random"),
+            }
+            for method, metrics in results.items():
+                rows.append(
+                    {
+                        "dataset": name,
+                        "scenario": scenario,
+                        "method": method,
+                        "n_hidden": int(hidden.sum()),
+                        **metrics,
+                    }
+                )
+    columns = [
+        ("dataset", "dataset", ""),
+        ("scenario", "hidden", ""),
+        ("method", "method", ""),
+        ("pred_loglik", "pred. log-lik (nats/entry)", ".3f"),
+        ("mae_log1p", "MAE log1p", ".3f"),
+        ("r_log1p", "r log1p", ".3f"),
+        ("median_ae_nonzero", "median AE nonzero", ".2f"),
+        ("coverage90", "90% coverage", ".3f"),
+    ]
+    table = markdown_table(rows, columns)
+    print(table)  # a benchmark script reports on stdout
+    write_json(
+        args.out / "imputation.json",
+        {
+            "table": table,
+            "rows": rows,
+            "environment": environment(seed=0),
+            "arguments": vars(args) | {"out": str(args.out)},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

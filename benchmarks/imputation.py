@@ -97,7 +97,9 @@ def evaluate_scvi(model, test_zero: ad.AnnData, truth, hidden, n_samples: int):
     for chunk in np.array_split(np.arange(test_zero.n_obs), max(1, test_zero.n_obs // 64)):
         params = model.get_likelihood_parameters(test_zero, indices=chunk, n_samples=n_samples)
         mu = torch.as_tensor(params["mean"])  # samples x cells x genes
-        theta = torch.as_tensor(params["dispersions"])  # cells x genes
+        theta = torch.as_tensor(params["dispersions"])  # (samples x) cells x genes
+        if theta.dim() == 3:  # per-gene dispersion: the same in every sample
+            theta = theta[0]
         in_chunk = np.isin(rows, chunk)
         r = np.searchsorted(chunk, rows[in_chunk])
         c = cols[in_chunk]

@@ -12,6 +12,7 @@ import pyro
 import torch
 from anndata import AnnData
 
+from ._balance import BALANCE, balance_weights
 from ._batches import MinibatchSource
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
@@ -46,6 +47,7 @@ def fit(
     batch_key: str | None = None,
     labels_key: str | None = None,
     mask_layer: str | None = None,
+    balance: str | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -85,6 +87,11 @@ def fit(
     mask_layer
         Boolean layer, True where an entry was observed; False entries are missing values,
         like NaN entries of the counts.
+    balance
+        ``None`` (default), ``"labels"`` (needs ``labels_key``; unlabelled cells allowed) or
+        ``"batch"`` (needs ``batch_key``). Training draws cells so that each class weighs the
+        same in the objective, no cell more than 5 times the average (see
+        :mod:`scvae._balance`), which keeps rare cell types from being drowned out.
     likelihood
         ``"nb"`` (negative binomial, default), ``"zinb"`` or ``"poisson"``.
     dispersion
@@ -136,7 +143,9 @@ def fit(
             "nothing can be learnt about them: remove them before fitting"
         )
     zero_genes = _report_all_zero_genes(data)
-    model = fit_counts(data, **options)
+    weights, balance_info = (None, {}) if balance is None else _balance(data, options)
+    model = fit_counts(data, sample_weights=weights, **options)
+    model.settings["balance_classes"] = balance_info
     model.settings["key_added"] = key_added
     _write_results(adata, model, data, key_added, zero_genes)
     return model
@@ -146,10 +155,12 @@ def fit_counts(
     data: CountData,
     *,
     validation_indices: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
     mask_layer: str | None = None,
+    balance: str | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -173,9 +184,15 @@ def fit_counts(
     ``validation_indices`` fixes the held-out cells (e.g. a benchmark's test split: their
     ELBO is then recorded every epoch) instead of drawing ``validation_fraction`` of them.
     ``layer``, ``batch_key``, ``labels_key`` and ``mask_layer`` are recorded so that the model
-    reads new AnnData the same way. Other arguments as in :func:`fit`.
+    reads new AnnData the same way. ``sample_weights`` (one per cell of ``data``): training
+    cells are drawn with probability proportional to them (class balancing). Other arguments
+    as in :func:`fit`.
     """
-    settings = {k: v for k, v in locals().items() if k not in ("data", "validation_indices")}
+    settings = {
+        k: v
+        for k, v in locals().items()
+        if k not in ("data", "validation_indices", "sample_weights")
+    }
     device = resolve_device(device)
     max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
     if max_epochs < 1 or batch_size < 1:
@@ -214,6 +231,7 @@ def fit_counts(
             device=device,
             rng=rng,
             drop_last=True,
+            sample_weights=None if sample_weights is None else sample_weights[train_idx],
         )
         val_source = None
         if len(val_idx):
@@ -250,6 +268,29 @@ def fit_counts(
         settings=settings,
         history=history,
     )
+
+
+def _balance(data: CountData, options: dict) -> tuple[np.ndarray, dict]:
+    """Per-cell sampling weights for ``options["balance"]``, and a summary for ``uns``."""
+    how = options["balance"]
+    if how not in BALANCE:
+        raise ValueError(f"balance must be None or one of {BALANCE}, got {how!r}")
+    if how == "labels":
+        if data.labels is None:
+            raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
+        codes, names = data.labels, data.label_categories
+    else:
+        if not options["batch_key"]:
+            raise ValueError("balance='batch' needs batch_key")
+        codes, names = data.batch_index, data.batch_categories
+    weights = balance_weights(codes)
+    sizes = np.bincount(codes[codes >= 0], minlength=len(names))
+    per_class = {
+        str(name): float(weights[codes == k][0]) for k, name in enumerate(names) if sizes[k]
+    }
+    logger.info("balancing %d classes by %s; class weights %s", len(per_class), how, per_class)
+    sizes_by_name = dict(zip(names, sizes.tolist(), strict=True))
+    return weights, {"class_weight": per_class, "class_size": sizes_by_name}
 
 
 def _split(

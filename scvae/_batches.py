@@ -49,6 +49,9 @@ class MinibatchSource:
     drop_last
         Skip a last minibatch smaller than ``batch_size`` (training only; a size-1 batch
         would give a noisy step). Never drops when the source holds fewer cells than one batch.
+    sample_weights
+        One weight per cell of ``indices``: each epoch then draws ``len(indices)`` cells with
+        replacement, with probability proportional to the weight (class balancing).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MinibatchSource:
         device: torch.device | str = "cpu",
         rng: np.random.Generator | None = None,
         drop_last: bool = False,
+        sample_weights: np.ndarray | None = None,
     ) -> None:
         self.data = data
         self.indices = np.arange(data.n_cells) if indices is None else np.asarray(indices)
@@ -70,6 +74,12 @@ class MinibatchSource:
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.drop_last = drop_last and len(self.indices) > self.batch_size
         self._uniform_weight = bool(np.all(data.weight == 1.0))
+        self.sample_p = None
+        if sample_weights is not None:
+            sample_weights = np.asarray(sample_weights, dtype=np.float64)
+            if sample_weights.shape != self.indices.shape or (sample_weights < 0).any():
+                raise ValueError("sample_weights needs one non-negative weight per cell")
+            self.sample_p = sample_weights / sample_weights.sum()
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -81,7 +91,9 @@ class MinibatchSource:
 
     def __iter__(self) -> Iterator[Minibatch]:
         order = self.indices
-        if self.shuffle:
+        if self.sample_p is not None:
+            order = self.rng.choice(order, size=len(order), replace=True, p=self.sample_p)
+        elif self.shuffle:
             order = order[self.rng.permutation(len(order))]
         counts = self.data.counts[order]
         missing = None if self.data.missing is None else self.data.missing[order]

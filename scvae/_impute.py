@@ -57,7 +57,9 @@ def impute(
     counts) at missing entries (see :func:`count_interval`); at observed entries both equal
     the observed value. The layers have the
     format of the input (sparse stays sparse) and adata's genes; missing entries of genes the
-    model does not know stay NaN. Nothing else changes.
+    model does not know stay NaN. A call without ``interval`` removes interval layers of an
+    earlier call with the same ``key_added`` (they would not match the new imputation).
+    Nothing else changes.
 
     Parameters
     ----------
@@ -106,6 +108,12 @@ def impute(
         data = prepare_counts(adata, layer=layer, mask_layer=mask_layer)
         columns = np.arange(adata.n_vars)
     if data.missing is None:
+        elsewhere = _layers_with_nan(adata, exclude=layer)
+        if elsewhere:
+            raise ValueError(
+                f"{_where(layer)} has no missing entries, but {', '.join(elsewhere)} "
+                "has NaN: pass layer= to impute the matrix that has them"
+            )
         logger.warning("no missing entries in %s: the imputed layer is a copy", _where(layer))
         rows = cols = np.zeros(0, dtype=np.int64)
         fills = {"imputed": np.zeros(0, dtype=np.float32)}
@@ -307,6 +315,20 @@ def _fill(original, rows: np.ndarray, cols: np.ndarray, values: np.ndarray):
     filled = sp.csr_matrix((values.astype(dtype), (rows, cols)), shape=out.shape)
     # x + 0 == x exactly: observed entries stay bitwise identical.
     return (out + filled).tocsr()
+
+
+def _layers_with_nan(adata: AnnData, exclude: str | None) -> list[str]:
+    found = []
+    for name in [None, *adata.layers]:
+        if name == exclude:
+            continue
+        values = adata.X if name is None else adata.layers[name]
+        if values is None or not np.issubdtype(values.dtype, np.floating):
+            continue
+        data = values.data if sp.issparse(values) else np.asarray(values)
+        if np.isnan(data).any():
+            found.append(_where(name))
+    return found
 
 
 def _where(layer: str | None) -> str:

@@ -27,7 +27,8 @@ def _hide(adata, fraction, seed=0):
 def hidden_fit():
     truth = scvae.datasets.simulate(800, 150, n_groups=4, n_batches=2, seed=3, return_truth=True)
     adata, hidden = _hide(truth, 0.2)
-    model = quick_fit(adata, batch_key="batch", max_epochs=200)
+    # Trained on the first 600 cells; the last 200 are new to the model.
+    model = quick_fit(adata[:600].copy(), batch_key="batch", max_epochs=200)
     scvae.impute(adata, model, interval=0.9, n_samples=100)
     return truth, adata, hidden, model
 
@@ -47,6 +48,25 @@ def test_imputation_beats_mean_and_random_fill(hidden_fit):
         theirs = adata.layers[f"{baseline}_imputed"][hidden]
         assert _log_error(ours, true_mean) < 0.8 * _log_error(theirs, true_mean), baseline
         assert _log_error(ours, counts) < _log_error(theirs, counts), baseline
+
+
+def test_new_cells_are_imputed_as_well_as_training_cells(hidden_fit):
+    truth, adata, hidden, _ = hidden_fit
+    true_mean = truth.layers["true_mean"]
+    errors = []
+    for cells in (slice(0, 600), slice(600, 800)):
+        mask = np.zeros_like(hidden)
+        mask[cells] = hidden[cells]
+        errors.append(_log_error(adata.layers["scvae_imputed"][mask], true_mean[mask]))
+    assert errors[1] < 1.2 * errors[0]
+
+
+def test_nan_in_another_layer_than_the_fitted_one(hidden_fit):
+    truth, adata, _, model = hidden_fit
+    other = adata[:20].copy()
+    other.layers["counts"] = truth[:20].X.copy()  # complete, while X has NaN
+    with pytest.raises(ValueError, match=r"no missing entries.*adata\.X has NaN"):
+        scvae.impute(other, model, layer="counts")
 
 
 def test_observed_entries_are_kept_bitwise(hidden_fit):

@@ -1,5 +1,5 @@
 """Rare cell types: kNN balanced accuracy, recall of the 3 smallest classes and Leiden ARI of
-the embedding, for scvae with balance off / "labels", SCVI and PCA, all cells embedded
+the embedding, for scvae with and without class-balanced sampling, SCVI and PCA, all cells embedded
 (protocol: ../shared/BENCHMARK.md; models fitted on the 90 % training split).
 
     python benchmarks/imbalance.py --datasets mouse_bladder_scdcc pbmc4k_scdcc
@@ -15,8 +15,10 @@ import numpy as np
 import scanpy as sc
 from _common import environment, markdown_table, prepare, write_json
 
-import scvae
 from scvae import metrics
+from scvae._api import fit_counts
+from scvae._balance import balance_weights
+from scvae._data import prepare_counts
 
 
 def embeddings(adata, train_idx, epochs: int | None) -> dict[str, np.ndarray]:
@@ -24,11 +26,13 @@ def embeddings(adata, train_idx, epochs: int | None) -> dict[str, np.ndarray]:
 
     train = adata[train_idx].copy()
     out = {}
-    for name, balance in (("scvae", None), ("scvae balance=labels", "labels")):
-        model = scvae.fit(
-            train.copy(),
+    data = prepare_counts(train, labels_key="cell_type")
+    balanced = balance_weights(data.labels)
+    for name, weights in (("scvae", None), ("scvae, labels balanced", balanced)):
+        model = fit_counts(
+            data,
+            sample_weights=weights,
             labels_key="cell_type",
-            balance=balance,
             max_epochs=epochs,
             progress=False,
             seed=0,

@@ -12,7 +12,6 @@ import pyro
 import torch
 from anndata import AnnData
 
-from ._balance import BALANCE, balance_weights
 from ._batches import MinibatchSource
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
@@ -47,7 +46,6 @@ def fit(
     batch_key: str | None = None,
     labels_key: str | None = None,
     mask_layer: str | None = None,
-    balance: str | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -87,11 +85,6 @@ def fit(
     mask_layer
         Boolean layer, True where an entry was observed; False entries are missing values,
         like NaN entries of the counts.
-    balance
-        ``None`` (default), ``"labels"`` (needs ``labels_key``; unlabelled cells allowed) or
-        ``"batch"`` (needs ``batch_key``). Training draws cells so that each class weighs the
-        same in the objective, no cell more than 5 times the average (see
-        :mod:`scvae._balance`), which keeps rare cell types from being drowned out.
     likelihood
         ``"nb"`` (negative binomial, default), ``"zinb"`` or ``"poisson"``.
     dispersion
@@ -143,9 +136,7 @@ def fit(
             "nothing can be learnt about them: remove them before fitting"
         )
     zero_genes = _report_all_zero_genes(data)
-    weights, balance_info = (None, {}) if balance is None else _balance(data, options)
-    model = fit_counts(data, sample_weights=weights, **options)
-    model.settings["balance_classes"] = balance_info
+    model = fit_counts(data, **options)
     model.settings["key_added"] = key_added
     _write_results(adata, model, data, key_added, zero_genes)
     return model
@@ -160,7 +151,6 @@ def fit_counts(
     batch_key: str | None = None,
     labels_key: str | None = None,
     mask_layer: str | None = None,
-    balance: str | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -185,8 +175,8 @@ def fit_counts(
     ELBO is then recorded every epoch) instead of drawing ``validation_fraction`` of them.
     ``layer``, ``batch_key``, ``labels_key`` and ``mask_layer`` are recorded so that the model
     reads new AnnData the same way. ``sample_weights`` (one per cell of ``data``): training
-    cells are drawn with probability proportional to them (class balancing). Other arguments
-    as in :func:`fit`.
+    cells are drawn with probability proportional to them (for class balancing, see
+    :mod:`scvae._balance`). Other arguments as in :func:`fit`.
     """
     settings = {
         k: v
@@ -268,29 +258,6 @@ def fit_counts(
         settings=settings,
         history=history,
     )
-
-
-def _balance(data: CountData, options: dict) -> tuple[np.ndarray, dict]:
-    """Per-cell sampling weights for ``options["balance"]``, and a summary for ``uns``."""
-    how = options["balance"]
-    if how not in BALANCE:
-        raise ValueError(f"balance must be None or one of {BALANCE}, got {how!r}")
-    if how == "labels":
-        if data.labels is None:
-            raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
-        codes, names = data.labels, data.label_categories
-    else:
-        if not options["batch_key"]:
-            raise ValueError("balance='batch' needs batch_key")
-        codes, names = data.batch_index, data.batch_categories
-    weights = balance_weights(codes)
-    sizes = np.bincount(codes[codes >= 0], minlength=len(names))
-    per_class = {
-        str(name): float(weights[codes == k][0]) for k, name in enumerate(names) if sizes[k]
-    }
-    logger.info("balancing %d classes by %s; class weights %s", len(per_class), how, per_class)
-    sizes_by_name = dict(zip(names, sizes.tolist(), strict=True))
-    return weights, {"class_weight": per_class, "class_size": sizes_by_name}
 
 
 def _split(

@@ -95,6 +95,23 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
     return "\n".join(lines)
 
 
+def report(rows: list[dict], columns: list[tuple[str, str, str]], path: Path, args) -> str:
+    """Print the markdown table of ``rows`` and write it, the rows, the environment and the
+    arguments to ``path`` (JSON). Returns the table."""
+    table = markdown_table(rows, columns)
+    print(table)  # a benchmark script reports on stdout
+    write_json(
+        path,
+        {
+            "table": table,
+            "rows": rows,
+            "environment": environment(seed=0),
+            "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        },
+    )
+    return table
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=float))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import scanpy as sc
-from _common import environment, markdown_table, prepare, write_json
+from _common import prepare, report
 
 from scvae import metrics
 from scvae._api import fit_counts
@@ -85,17 +85,7 @@ def main() -> None:
         ("recall_smallest3", "recall, 3 smallest", ".3f"),
         ("leiden_ari", "Leiden ARI", ".3f"),
     ]
-    table = markdown_table(rows, columns)
-    print(table)  # a benchmark script reports on stdout
-    write_json(
-        args.out / "imbalance.json",
-        {
-            "table": table,
-            "rows": rows,
-            "environment": environment(seed=0),
-            "arguments": vars(args) | {"out": str(args.out)},
-        },
-    )
+    report(rows, columns, args.out / "imbalance.json", args)
 
 
 if __name__ == "__main__":

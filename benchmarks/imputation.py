@@ -20,7 +20,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import torch
-from _common import environment, markdown_table, prepare, write_json
+from _common import prepare, report
 
 import scvae
 from scvae._api import fit_counts
@@ -204,17 +204,7 @@ def main() -> None:
         ("median_ae_nonzero", "median AE nonzero", ".2f"),
         ("coverage90", "90% coverage", ".3f"),
     ]
-    table = markdown_table(rows, columns)
-    print(table)  # a benchmark script reports on stdout
-    write_json(
-        args.out / "imputation.json",
-        {
-            "table": table,
-            "rows": rows,
-            "environment": environment(seed=0),
-            "arguments": vars(args) | {"out": str(args.out)},
-        },
-    )
+    report(rows, columns, args.out / "imputation.json", args)
 
 
 if __name__ == "__main__":

@@ -119,3 +119,24 @@ def write_json(path: Path, payload: dict) -> None:
 
 def subset(adata: AnnData, idx: np.ndarray) -> AnnData:
     return adata[idx].copy()
+
+
+def fit_scvi_reference(train: AnnData, *, batch_key: str | None, epochs: int):
+    """scvi-tools' SCVI with the protocol's architecture (1x128, latent 10, NB, batch 128,
+    lr 1e-3, KL warm-up epochs // 8), trained on all of ``train`` without early stopping."""
+    import scvi
+
+    scvi.settings.seed = 0
+    train = train.copy()
+    scvi.model.SCVI.setup_anndata(train, batch_key=batch_key)
+    model = scvi.model.SCVI(train, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb")
+    model.train(
+        max_epochs=epochs,
+        batch_size=128,
+        train_size=1.0,
+        early_stopping=False,
+        accelerator="cpu",
+        plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": max(1, epochs // 8)},
+        enable_progress_bar=False,
+    )
+    return model

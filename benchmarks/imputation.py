@@ -20,7 +20,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import torch
-from _common import prepare, report
+from _common import fit_scvi_reference, prepare, report
 
 import scvae
 from scvae._api import fit_counts
@@ -138,8 +138,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    import scvi
-
     rows = []
     for name in args.datasets:
         adata, train_idx, test_idx = prepare(name, seed=0)
@@ -156,21 +154,7 @@ def main() -> None:
             progress=False,
             seed=0,
         )
-        scvi.settings.seed = 0
-        reference_train = train.copy()
-        scvi.model.SCVI.setup_anndata(reference_train, batch_key=batch_key)
-        reference = scvi.model.SCVI(
-            reference_train, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb"
-        )
-        reference.train(
-            max_epochs=args.epochs,
-            batch_size=128,
-            train_size=1.0,
-            early_stopping=False,
-            accelerator="cpu",
-            plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": args.epochs // 8},
-            enable_progress_bar=False,
-        )
+        reference = fit_scvi_reference(train, batch_key=batch_key, epochs=args.epochs)
         truth = test.X.toarray()
         for scenario in SCENARIOS:
             hidden = hide(test, scenario, batch_key, np.random.default_rng(0))

@@ -5,7 +5,7 @@
 >>> model.save("model"); model = scvae.load("model")  # doctest: +SKIP
 """
 
-from . import datasets, pl
+from . import datasets, metrics, pl
 from ._api import fit
 from ._generate import generate
 from ._impute import denoise, impute, predictive_log_likelihood
@@ -27,6 +27,7 @@ __all__ = [
     "generate",
     "impute",
     "load",
+    "metrics",
     "pl",
     "posterior_predictive_check",
     "predictive_log_likelihood",

@@ -11,7 +11,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scvae", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="fit on built-in simulated data; write embedding, figures and model"
+        "demo",
+        help=(
+            "fit on built-in simulated data with holes; write embedding, imputed values, "
+            "generated cells, figures and model"
+        ),
     )
     demo.add_argument("--out", default="scvae_demo", help="output folder (default: scvae_demo)")
     demo.add_argument("--quick", action="store_true", help="small, short run (smoke test)")

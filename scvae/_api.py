@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from dataclasses import replace
 from importlib.metadata import version
 from typing import Any
 
@@ -12,6 +13,7 @@ import pyro
 import torch
 from anndata import AnnData
 
+from ._balance import balance_weights, class_weights
 from ._batches import MinibatchSource
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
@@ -47,6 +49,8 @@ def fit(
     batch_key: str | None = None,
     labels_key: str | None = None,
     mask_layer: str | None = None,
+    balance: str | None = None,
+    classification_weight: float = 50.0,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -82,10 +86,23 @@ def fit(
     batch_key
         ``obs`` column of batches; the batch one-hot enters the encoder and decoder.
     labels_key
-        ``obs`` column of cell-type labels, recorded for later use (NaN = unlabelled).
+        ``obs`` column of cell-type labels (NaN = unlabelled): the types
+        :func:`scvae.generate` knows, and the classes of ``balance="labels"``.
     mask_layer
         Boolean layer, True where an entry was observed; False entries are missing values,
         like NaN entries of the counts.
+    balance
+        Keep rare groups from being drowned by common ones (default ``None``: off).
+        ``"labels"``: the model also predicts each labelled cell's type from z (a label head
+        ``p(y | z)``, as in semi-supervised VAEs); the label log-likelihood is added to the
+        ELBO with weight ``classification_weight`` times a class weight that gives every type
+        the same total weight, so rare types pull as hard as common ones and get their own
+        region of latent space. Unlabelled (NaN) cells train the VAE only and are predicted
+        by :meth:`SCVAE.predict_labels`. ``"auto"``, for data without labels: a first fit,
+        Leiden clusters of its latent space, then ``"labels"`` on the clusters.
+        ``"batch"``: minibatches sampled so that each batch contributes equally.
+    classification_weight
+        Weight of the label term for ``balance="labels"`` / ``"auto"``.
     likelihood
         ``"nb"`` (negative binomial, default), ``"zinb"`` or ``"poisson"``.
     dispersion
@@ -127,6 +144,7 @@ def fit(
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")  # doctest: +SKIP
     """
     options = {k: v for k, v in locals().items() if k not in ("adata", "key_added")}
+    check_balance(balance, labels_key=labels_key, batch_key=batch_key)
     data = prepare_counts(
         adata, layer=layer, batch_key=batch_key, labels_key=labels_key, mask_layer=mask_layer
     )
@@ -152,6 +170,8 @@ def fit_counts(
     batch_key: str | None = None,
     labels_key: str | None = None,
     mask_layer: str | None = None,
+    balance: str | None = None,
+    classification_weight: float = 50.0,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -184,6 +204,15 @@ def fit_counts(
         for k, v in locals().items()
         if k not in ("data", "validation_indices", "sample_weights")
     }
+    check_balance(
+        balance,
+        labels_key="given" if data.labels is not None else None,
+        batch_key="given" if len(data.batch_categories) > 1 else None,
+    )
+    head_labels = data.labels
+    if balance == "auto":
+        head_labels = _cluster_labels(data, settings, validation_indices)
+        balance = "labels"
     device = resolve_device(device)
     max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
     if max_epochs < 1 or batch_size < 1:
@@ -202,6 +231,23 @@ def fit_counts(
         else:
             val_idx = np.asarray(validation_indices)
             train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
+        head = {}
+        if balance == "labels":
+            names = (
+                list(data.label_categories)
+                if settings["balance"] == "labels"
+                else [f"cluster_{i}" for i in range(int(head_labels.max()) + 1)]
+            )
+            n_labels = len(names)
+            head = {
+                "n_labels": n_labels,
+                "label_names": names,
+                "classification_weight": classification_weight,
+                "class_weights": class_weights(head_labels[train_idx], n_labels).tolist(),
+            }
+        elif balance == "batch":
+            sample_weights = np.zeros(data.n_cells)
+            sample_weights[train_idx] = balance_weights(data.batch_index[train_idx])
         module = SCVAEModule(
             data.n_genes,
             len(data.batch_categories),
@@ -213,9 +259,11 @@ def fit_counts(
             dropout=dropout,
             encode_mask=data.missing is not None,
             library_scale=float(np.median(data.library[train_idx])),
+            **head,
         ).to(device)
+        labelled = replace(data, labels=head_labels) if head else data
         train_source = MinibatchSource(
-            data,
+            labelled,
             train_idx,
             batch_size=batch_size,
             shuffle=True,
@@ -223,6 +271,7 @@ def fit_counts(
             rng=rng,
             drop_last=True,
             sample_weights=None if sample_weights is None else sample_weights[train_idx],
+            with_labels=bool(head),
         )
         val_source = None
         if len(val_idx):
@@ -261,6 +310,36 @@ def fit_counts(
         history=history,
         reference=reference,
     )
+
+
+BALANCE = (None, "labels", "batch", "auto")
+
+
+def check_balance(balance: str | None, *, labels_key: str | None, batch_key: str | None) -> None:
+    """Errors for a ``balance`` value that cannot work with the given keys."""
+    if balance not in BALANCE:
+        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
+    if balance == "labels" and labels_key is None:
+        raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
+    if balance == "batch" and batch_key is None:
+        raise ValueError("balance='batch' needs batch_key with at least two batches")
+
+
+def _cluster_labels(
+    data: CountData, settings: dict[str, Any], validation_indices: np.ndarray | None
+) -> np.ndarray:
+    """Leiden clusters of a first, unbalanced fit: the classes of ``balance="auto"``."""
+    from .metrics import leiden_clusters
+
+    options = {k: v for k, v in settings.items() if k not in ("balance", "progress")}
+    logger.info("balance='auto': first fit, then Leiden clusters of its latent space")
+    first = fit_counts(
+        data, validation_indices=validation_indices, balance=None, progress=False, **options
+    )
+    clusters = leiden_clusters(first.embed_data(data), seed=settings["seed"])
+    codes = np.unique(clusters, return_inverse=True)[1].astype(np.int64)
+    logger.info("balance='auto': %d clusters, sizes %s", codes.max() + 1, np.bincount(codes))
+    return codes
 
 
 def _split(

@@ -1,11 +1,15 @@
-"""Class-balanced sampling weights (not yet exposed by :func:`scvae.fit`).
+"""Class balancing: per-cell sampling weights and per-class weights of the label head.
 
-Status: with ``fit_counts(..., sample_weights=balance_weights(codes))`` a 1 %-sized simulated
-group is recalled better, but on mouse bladder and pbmc4k balanced sampling *lowered* the kNN
-balanced accuracy (0.833 -> 0.770 and 0.830 -> 0.815) and the recall of the three smallest
-classes; see ``benchmarks/imbalance.py``. It stays internal until it helps on real data.
+``fit(..., balance="labels")`` gives the model a label head p(y | z) whose log-likelihood is
+weighted per class by :func:`class_weights` (each class the same total weight);
+``balance="batch"`` samples minibatches with :func:`balance_weights` of the batches.
 
-Scheme: weighted minibatch sampling. Every cell gets a weight so that each class (cell type,
+History: class-balanced *sampling* by cell type (below) recalled a 1 %-sized simulated group
+better, but on mouse bladder and pbmc4k it *lowered* the kNN balanced accuracy (0.833 -> 0.770
+and 0.830 -> 0.815); oversampling rare cells changes how often they are seen, not where they
+sit in latent space. The label head acts on the latent space directly.
+
+Sampling scheme: Every cell gets a weight so that each class (cell type,
 batch, or cluster) has the same total weight; an epoch draws as many cells as the training
 set holds, with replacement, with probability proportional to the weights. The expected
 objective is then the ELBO with every class contributing equally (instead of in proportion to
@@ -66,3 +70,22 @@ def balance_weights(codes: np.ndarray, *, max_ratio: float = 5.0) -> np.ndarray:
             max_ratio,
         )
     return weights.astype(np.float32)
+
+
+def class_weights(codes: np.ndarray, n_classes: int, *, max_ratio: float = 20.0) -> np.ndarray:
+    """One weight per class so that every class present has the same total weight.
+
+    Weights average 1 over the labelled cells (``codes >= 0``) and are capped at
+    ``max_ratio``; classes absent from ``codes`` get weight 0.
+
+    Examples
+    --------
+    >>> class_weights(np.array([0, 0, 0, 1, -1]), 2).round(3)
+    array([0.667, 2.   ])
+    """
+    codes = np.asarray(codes)
+    labelled = codes[codes >= 0]
+    per_cell = balance_weights(labelled, max_ratio=max_ratio)
+    weights = np.zeros(n_classes, dtype=np.float64)
+    weights[labelled] = per_cell
+    return weights

@@ -27,6 +27,7 @@ class Minibatch(NamedTuple):
     batch_index: torch.Tensor
     mask: torch.Tensor | None
     weight: torch.Tensor | None
+    labels: torch.Tensor | None = None
 
 
 class MinibatchSource:
@@ -52,6 +53,8 @@ class MinibatchSource:
     sample_weights
         One weight per cell of ``indices``: each epoch then draws ``len(indices)`` cells with
         replacement, with probability proportional to the weight (class balancing).
+    with_labels
+        Attach ``data.labels`` (codes, -1 unlabelled) to each minibatch, for a label head.
     """
 
     def __init__(
@@ -65,8 +68,10 @@ class MinibatchSource:
         rng: np.random.Generator | None = None,
         drop_last: bool = False,
         sample_weights: np.ndarray | None = None,
+        with_labels: bool = False,
     ) -> None:
         self.data = data
+        self.with_labels = with_labels and data.labels is not None
         self.indices = np.arange(data.n_cells) if indices is None else np.asarray(indices)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -116,4 +121,7 @@ class MinibatchSource:
         weight = None
         if not self._uniform_weight:
             weight = torch.from_numpy(self.data.weight[cells]).to(device)
-        return Minibatch(x, library, batch_index, mask, weight)
+        labels = None
+        if self.with_labels:
+            labels = torch.from_numpy(self.data.labels[cells]).to(device)
+        return Minibatch(x, library, batch_index, mask, weight, labels)

@@ -108,10 +108,14 @@ def generate(
     obs = pd.DataFrame(index=[f"generated_{i}" for i in range(n_cells)])
     if reference.batch_categories:
         batch_column = model.batch_key or "batch"
-        obs[batch_column] = pd.Categorical(batches, categories=reference.batch_categories)
+        obs[batch_column] = pd.Categorical(
+            batches, categories=reference.batch_categories
+        ).remove_unused_categories()
     if reference.label_categories:
         label_column = reference.labels_key or "cell_type"
-        obs[label_column] = pd.Categorical(types, categories=reference.label_categories)
+        obs[label_column] = pd.Categorical(
+            types, categories=reference.label_categories
+        ).remove_unused_categories()
     obs["library_size"] = np.exp(log_library).astype(np.float32)
     out = AnnData(X=counts, obs=obs, var=pd.DataFrame(index=list(model.gene_names)))
     out.uns["scvae_generate"] = {

@@ -145,6 +145,46 @@ class SCVAE:
         ]
         return np.concatenate(parts).astype(np.float32)
 
+    @torch.no_grad()
+    def predict_labels(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | type | None = ...,
+        probabilities: bool = False,
+        batch_size: int = 1024,
+    ):
+        """Cell types predicted by the label head of a ``balance="labels"`` (or ``"auto"``) fit.
+
+        The head's ``p(y | z)`` at each cell's posterior mean. ``adata`` is not modified.
+
+        Returns
+        -------
+        A ``pandas.Series`` of predicted types (categorical, indexed by cell), or with
+        ``probabilities=True`` a ``DataFrame`` of cells x types.
+
+        Examples
+        --------
+        >>> model = scvae.fit(adata, labels_key="cell_type", balance="labels")  # doctest: +SKIP
+        >>> adata.obs["predicted"] = model.predict_labels(adata)  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        if self.module.classifier is None:
+            raise ValueError("this model has no label head: fit with balance='labels' or 'auto'")
+        z = torch.as_tensor(
+            self.embed(adata, layer=layer, batch_size=batch_size), device=self.device
+        )
+        p = self.module.label_probabilities(z).cpu().numpy()
+        names = self.module.label_names
+        if probabilities:
+            return pd.DataFrame(p, index=adata.obs_names, columns=names)
+        return pd.Series(
+            pd.Categorical(np.asarray(names, dtype=object)[p.argmax(1)], categories=names),
+            index=adata.obs_names,
+            name="predicted",
+        )
+
     def log_likelihood(
         self,
         adata: AnnData,

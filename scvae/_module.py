@@ -10,6 +10,13 @@ The guide is ``q(z | x, b) = Normal(encoder(x, b))``. The module keeps every par
 ordinary ``torch.nn.Parameter`` and never calls ``pyro.param`` or ``pyro.module``: two models in
 one process never share state through Pyro's global parameter store.
 
+With labels (``n_labels > 0``, ``fit(..., balance="labels")``) the model also generates the
+cell type from the latent state, ``y ~ Categorical(softmax(W z + c))``: observed for labelled
+cells, left out (marginalised: a leaf that sums to one) for unlabelled ones. Its log-likelihood
+enters the objective with weight ``classification_weight`` times a per-class weight that gives
+every class the same total weight (class balancing), which pulls rare types apart from common
+ones in latent space; :meth:`SCVAEModule.label_probabilities` predicts unlabelled cells.
+
 Missing entries (``mask == False``) are left out of the likelihood, and the gene shares are
 renormalised over the observed genes so that the observed library ``l`` (a sum over observed
 genes only) is compared with the expression the model expects on those genes alone.
@@ -83,6 +90,15 @@ class SCVAEModule(nn.Module):
         Feed the observation mask to the encoder as extra inputs (for data with missing values).
     library_scale
         Counts are scaled to this library size before ``log1p`` in the encoder input.
+    n_labels
+        Number of cell types of the label head ``p(y | z)`` (0: no head).
+    classification_weight
+        Weight of the label log-likelihood in the objective (per labelled cell, times its
+        class weight).
+    class_weights
+        Per-class weights of the label term (default 1); saved with the module.
+    label_names
+        Names of the head's classes (cell types, or clusters for ``balance="auto"``).
     """
 
     def __init__(
@@ -98,6 +114,10 @@ class SCVAEModule(nn.Module):
         dropout: float = 0.1,
         encode_mask: bool = False,
         library_scale: float = 1e4,
+        n_labels: int = 0,
+        classification_weight: float = 0.0,
+        class_weights: list[float] | None = None,
+        label_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         #: The constructor arguments: enough to rebuild the module (see ``scvae._io``).
@@ -112,6 +132,10 @@ class SCVAEModule(nn.Module):
             "dropout": dropout,
             "encode_mask": encode_mask,
             "library_scale": float(library_scale),
+            "n_labels": int(n_labels),
+            "classification_weight": float(classification_weight),
+            "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+            "label_names": None if label_names is None else [str(n) for n in label_names],
         }
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -137,6 +161,14 @@ class SCVAEModule(nn.Module):
         else:
             rows = self.n_batches if dispersion == "gene-batch" and self.n_batches else 1
             self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
+        self.n_labels = int(n_labels)
+        self.classification_weight = float(classification_weight)
+        self.classifier = nn.Linear(n_latent, n_labels) if n_labels > 0 else None
+        self.label_names = list(label_names or [f"class_{i}" for i in range(n_labels)])
+        weights = torch.ones(n_labels) if class_weights is None else torch.tensor(class_weights)
+        if weights.shape != (self.n_labels,):
+            raise ValueError(f"class_weights needs {n_labels} entries, got {len(weights)}")
+        self.register_buffer("class_weights", weights.to(torch.get_default_dtype()))
 
     # -- networks ---------------------------------------------------------------------------
     def _covariates(self, batch_index: torch.Tensor) -> torch.Tensor | None:
@@ -197,10 +229,12 @@ class SCVAEModule(nn.Module):
         batch_index: torch.Tensor,
         mask: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         kl_weight: float = 1.0,
         include_constant: bool = True,
     ) -> None:
-        """p(x, z): standard normal prior on z, count likelihood on the observed entries."""
+        """p(x, y, z): standard normal prior on z, count likelihood on the observed entries,
+        and (with a label head) the cell type of the labelled cells (``labels`` >= 0)."""
         n_cells = x.shape[0]
         with pyro.plate("cells", n_cells), poutine.scale(scale=_scale(weight)):
             prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([n_cells, self.n_latent])
@@ -210,6 +244,12 @@ class SCVAEModule(nn.Module):
             if mask is not None:
                 counts = counts.mask(mask)
             pyro.sample("counts", counts.to_event(1), obs=x)
+            if self.classifier is not None and labels is not None:
+                known = labels >= 0
+                code = labels.clamp(min=0)
+                scale = self.classification_weight * self.class_weights[code]
+                with poutine.mask(mask=known), poutine.scale(scale=scale):
+                    pyro.sample("y", dist.Categorical(logits=self.classifier(z)), obs=code)
 
     def guide(
         self,
@@ -218,14 +258,23 @@ class SCVAEModule(nn.Module):
         batch_index: torch.Tensor,
         mask: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         kl_weight: float = 1.0,
         include_constant: bool = True,
     ) -> None:
-        """q(z | x): amortised mean-field normal. ``kl_weight`` is beta (with warm-up)."""
+        """q(z | x): amortised mean-field normal; ``kl_weight`` is beta (with warm-up).
+        The labels do not enter the guide."""
         with pyro.plate("cells", x.shape[0]), poutine.scale(scale=_scale(weight)):
             loc, scale = self.encode(x, library, batch_index, mask)
             with poutine.scale(scale=kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    @torch.no_grad()
+    def label_probabilities(self, z: torch.Tensor) -> torch.Tensor:
+        """p(y | z) of the label head, ``(cells, n_labels)``."""
+        if self.classifier is None:
+            raise ValueError("this model has no label head (fit with balance='labels')")
+        return torch.softmax(self.classifier(z), dim=-1)
 
 
 def _scale(weight: torch.Tensor | None) -> torch.Tensor | float:

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PosteriorPredictiveCheck", "gene_statistics", "posterior_predictive_check"]
+__all__ = [
+    "PosteriorPredictiveCheck",
+    "compare_counts",
+    "gene_statistics",
+    "posterior_predictive_check",
+]
 
 KINDS = ("posterior", "generate")
 
@@ -135,8 +140,6 @@ def posterior_predictive_check(
     >>> ppc.summary["r_mean"], ppc.summary["auc"]  # doctest: +SKIP
     >>> scvae.pl.ppc(ppc)  # doctest: +SKIP
     """
-    from .metrics import two_sample_auc
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     data = model.prepare(adata, layer=layer)
@@ -144,9 +147,45 @@ def posterior_predictive_check(
         drawn = _redraw(model, data, seed)
     else:
         drawn = _generate_like(model, adata, data, labels_key, seed)
-    observed_stats = gene_statistics(data.counts, data.missing)
-    drawn_stats = gene_statistics(drawn, data.missing if kind == "posterior" else None)
-    genes = pd.DataFrame(index=pd.Index(model.gene_names, name="gene"))
+    if classifier and data.missing is not None:
+        logger.warning("the two-sample classifier reads missing entries as zeros")
+    return compare_counts(
+        data.counts,
+        drawn,
+        missing=data.missing,
+        drawn_missing=data.missing if kind == "posterior" else None,
+        gene_names=model.gene_names,
+        classifier=classifier,
+        max_cells=max_cells,
+        seed=seed,
+        kind=kind,
+    )
+
+
+def compare_counts(
+    observed,
+    drawn,
+    *,
+    missing=None,
+    drawn_missing=None,
+    gene_names: list[str] | None = None,
+    classifier: bool = True,
+    max_cells: int = 5000,
+    seed: int = 0,
+    kind: str = "posterior",
+) -> PosteriorPredictiveCheck:
+    """Per-gene statistics and two-sample AUC of any two count matrices with the same genes.
+
+    What :func:`posterior_predictive_check` reports, for counts drawn by other means (e.g.
+    another model's posterior predictive samples, in a benchmark). ``missing`` and
+    ``drawn_missing`` mark entries left out of each side's statistics.
+    """
+    from .metrics import two_sample_auc
+
+    observed_stats = gene_statistics(observed, missing)
+    drawn_stats = gene_statistics(drawn, drawn_missing)
+    index = None if gene_names is None else pd.Index(gene_names, name="gene")
+    genes = pd.DataFrame(index=index)
     for name in ("mean", "variance", "zero_fraction"):
         genes[f"{name}_observed"] = observed_stats[name].to_numpy()
         genes[f"{name}_generated"] = drawn_stats[name].to_numpy()
@@ -156,12 +195,10 @@ def posterior_predictive_check(
             np.log1p(genes.variance_observed), np.log1p(genes.variance_generated)
         ),
         "r_zero_fraction": _pearson(genes.zero_fraction_observed, genes.zero_fraction_generated),
-        "auc": np.nan,
+        "auc": two_sample_auc(observed, drawn, max_cells=max_cells, seed=seed)
+        if classifier
+        else np.nan,
     }
-    if classifier:
-        if data.missing is not None:
-            logger.warning("the two-sample classifier reads missing entries as zeros")
-        summary["auc"] = two_sample_auc(data.counts, drawn, max_cells=max_cells, seed=seed)
     return PosteriorPredictiveCheck(genes=genes, summary=summary, kind=kind)
 
 

@@ -13,7 +13,13 @@ from anndata import AnnData
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
-__all__ = ["knn_predictions", "knn_scores", "leiden_scores", "two_sample_auc"]
+__all__ = [
+    "knn_predictions",
+    "knn_scores",
+    "leiden_clusters",
+    "leiden_scores",
+    "two_sample_auc",
+]
 
 
 def knn_predictions(embedding: np.ndarray, labels: np.ndarray, *, k: int = 15) -> np.ndarray:
@@ -55,9 +61,22 @@ def leiden_scores(
     embedding: np.ndarray, labels: np.ndarray, *, resolution: float = 1.0, seed: int = 0
 ) -> dict[str, float]:
     """ARI and NMI of Leiden clusters on the 15-NN graph of ``embedding`` against ``labels``."""
+    clusters = leiden_clusters(embedding, resolution=resolution, seed=seed)
+    labels = np.asarray(labels).astype(str)
+    return {
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "n_clusters": len(set(clusters)),
+    }
+
+
+def leiden_clusters(
+    embedding: np.ndarray, *, resolution: float = 1.0, seed: int = 0
+) -> np.ndarray:
+    """Leiden clusters (strings) on the 15-NN graph of ``embedding``, as scanpy computes them."""
     import scanpy as sc
 
-    tmp = AnnData(np.zeros((len(labels), 0), dtype=np.float32))
+    tmp = AnnData(np.zeros((len(embedding), 0), dtype=np.float32))
     tmp.obsm["rep"] = np.asarray(embedding)
     sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=15, random_state=seed)
     sc.tl.leiden(
@@ -68,13 +87,7 @@ def leiden_scores(
         directed=False,
         random_state=seed,
     )
-    clusters = tmp.obs["leiden"].to_numpy()
-    labels = np.asarray(labels).astype(str)
-    return {
-        "ari": float(adjusted_rand_score(labels, clusters)),
-        "nmi": float(normalized_mutual_info_score(labels, clusters)),
-        "n_clusters": len(set(clusters)),
-    }
+    return tmp.obs["leiden"].to_numpy().astype(str)
 
 
 def _encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from scvae._balance import balance_weights
+import scvae
+from scvae import metrics
+from scvae._balance import balance_weights, class_weights
+
+from .conftest import quick_fit
 
 
 def test_weights_give_each_class_the_same_total_and_average_one():
@@ -69,3 +73,108 @@ def test_balanced_sampling_draws_rare_cells_more_often(small_adata):
     batch = next(iter(source))
     rare_share = np.isin(batch.library.numpy(), drawn).mean()
     assert 0.4 < rare_share < 0.6  # half of the draws, not 5 %
+
+
+def test_class_weights_give_each_present_class_the_same_total():
+    codes = np.array([0] * 90 + [1] * 9 + [2] * 1 + [-1] * 5)
+    weights = class_weights(codes, 4, max_ratio=1000)
+    totals = [weights[c] * np.sum(codes == c) for c in range(3)]
+    np.testing.assert_allclose(totals, totals[0])
+    assert weights[3] == 0.0  # absent class
+    labelled = codes[codes >= 0]
+    assert np.isclose(weights[labelled].mean(), 1.0)
+
+
+def _rare_group_data():
+    """Three groups of about 1 % (10 cells) each beside one of 97 %."""
+    return scvae.datasets.simulate(
+        1000, 200, n_groups=4, n_batches=2, group_sizes=[0.97, 0.01, 0.01, 0.01], seed=2
+    )
+
+
+def test_label_balancing_raises_rare_group_recall():
+    adata = _rare_group_data()
+    labels = adata.obs["cell_type"].to_numpy()
+    recalls = {}
+    for balance in (None, "labels"):
+        model = quick_fit(
+            adata, batch_key="batch", labels_key="cell_type", balance=balance, max_epochs=60
+        )
+        recalls[balance] = metrics.knn_scores(model.embed(adata), labels)["recall_smallest3"]
+    assert recalls["labels"] > recalls[None] + 0.2, recalls
+
+
+def test_label_head_predicts_unlabelled_cells():
+    adata = _rare_group_data()
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    partial = adata.copy()
+    hidden = np.random.default_rng(0).random(adata.n_obs) < 0.3
+    partial.obs["cell_type"] = partial.obs["cell_type"].astype(object).where(~hidden)
+    model = quick_fit(
+        partial, batch_key="batch", labels_key="cell_type", balance="labels", max_epochs=60
+    )
+    predicted = model.predict_labels(partial)
+    assert predicted.index.equals(partial.obs_names)
+    assert np.mean(predicted.to_numpy()[hidden] == truth[hidden]) > 0.95
+    p = model.predict_labels(partial, probabilities=True)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"balance": "labels"}, "balance='labels' needs labels_key"),
+        ({"balance": "batch"}, "balance='batch' needs batch_key"),
+        ({"balance": "yes"}, "balance must be one of"),
+        ({"balance": True}, "balance must be one of"),
+    ],
+)
+def test_balance_bad_input(small_adata, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        scvae.fit(small_adata, max_epochs=2, progress=False, **kwargs)
+
+
+def test_balance_labels_with_a_single_class(small_adata):
+    adata = small_adata.copy()
+    adata.obs["one"] = "T cells"
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        scvae.fit(adata, labels_key="one", balance="labels", max_epochs=2, progress=False)
+
+
+def test_predict_labels_needs_a_label_head(fitted):
+    model, adata = fitted
+    with pytest.raises(ValueError, match="no label head"):
+        model.predict_labels(adata)
+
+
+def test_auto_balance_finds_classes_without_labels(small_adata):
+    model = quick_fit(small_adata, batch_key="batch", balance="auto", max_epochs=40)
+    assert model.module.n_labels >= 2
+    assert model.module.label_names[0] == "cluster_0"
+    clusters = model.predict_labels(small_adata).astype(str).to_numpy()
+    from sklearn.metrics import homogeneity_score
+
+    # Leiden may split a group, but a cluster must not mix groups.
+    assert homogeneity_score(small_adata.obs["cell_type"], clusters) > 0.9
+
+
+def test_balance_batch_samples_each_batch_equally(small_adata, monkeypatch):
+    import scvae._api
+
+    adata = small_adata[
+        (small_adata.obs["batch"] == "batch_0").to_numpy() | (np.arange(600) % 6 == 0)
+    ].copy()
+    seen = {}
+    original = scvae._api.MinibatchSource
+
+    def recording(data, indices=None, **kwargs):
+        if kwargs.get("shuffle"):
+            seen["p"] = kwargs.get("sample_weights")
+            seen["batch"] = data.batch_index[indices]
+        return original(data, indices, **kwargs)
+
+    monkeypatch.setattr(scvae._api, "MinibatchSource", recording)
+    quick_fit(adata, batch_key="batch", balance="batch", max_epochs=2)
+    totals = np.bincount(seen["batch"], weights=seen["p"])
+    assert np.bincount(seen["batch"])[1] < np.bincount(seen["batch"])[0] / 3  # uneven batches
+    np.testing.assert_allclose(totals[0], totals[1], rtol=1e-4)  # ... drawn equally

@@ -11,7 +11,8 @@ from scvae.__main__ import main
 def test_demo_command_writes_outputs_and_scvae_beats_pca(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
-    for name in ("demo.h5ad", "umap_scvae.png", "loss.png", "model/config.json", "scores.json"):
+    files = ("demo.h5ad", "generated.h5ad", "umap_scvae.png", "loss.png", "ppc.png", "scores.json")
+    for name in (*files, "model/config.json"):
         assert (out / name).is_file(), name
     table = capsys.readouterr().out
     assert "| scvae |" in table and "| PCA |" in table
@@ -25,3 +26,9 @@ def test_demo_command_writes_outputs_and_scvae_beats_pca(tmp_path, capsys):
     assert scores["scvae"]["leiden_ari"] > 0.9
     assert scores["PCA"]["batch_knn_accuracy"] > 0.9  # batches separate without correction
     assert scores["scvae"]["batch_knn_accuracy"] < 0.7  # ... and mix in scvae's latent space
+    imputation = scores["imputation"]
+    assert imputation["scvae"]["mae_log1p"] < 0.9 * imputation["mean fill"]["mae_log1p"]
+    assert {"scvae_imputed", "scvae_lower", "scvae_upper"} <= set(adata.layers)
+    generated = ad.read_h5ad(out / "generated.h5ad")
+    assert generated.n_obs == adata.n_obs and generated.var_names.equals(adata.var_names)
+    assert scores["generation"]["r_mean"] > 0.99

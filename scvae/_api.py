@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import platform
 from importlib.metadata import version
 from typing import Any
@@ -16,7 +17,7 @@ from ._batches import MinibatchSource
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
 from ._module import SCVAEModule
-from ._train import train
+from ._train import NonFiniteLossError, train
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> ``cuda`` when available, else ``cpu``; other values as given."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:0'"
+        ) from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but CUDA is not available")
+        raise RuntimeError(
+            f"device={str(device)!r} was asked for but CUDA is not available: "
+            "use device='cpu' (or 'auto')"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(device)!r} is not supported: use 'cpu' or 'cuda'")
     return device
 
 
@@ -191,6 +202,7 @@ def fit_counts(
         raise ValueError(f"beta must be positive, got {beta}")
     kl_warmup = max(1, max_epochs // 8) if kl_warmup is None else int(kl_warmup)
     settings.update(max_epochs=max_epochs, kl_warmup=kl_warmup, device=str(device))
+    _check_options(data, settings)
 
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
@@ -234,10 +246,7 @@ def fit_counts(
             device,
             max_epochs,
         )
-        history = train(
-            module,
-            train_source,
-            val_source,
+        train_options = dict(
             max_epochs=max_epochs,
             lr=lr,
             beta=beta,
@@ -246,18 +255,46 @@ def fit_counts(
             patience=patience,
             progress=progress,
         )
+        try:
+            history = train(module, train_source, val_source, **train_options)
+        except NonFiniteLossError as error:
+            # Hand the user the model at its last finite state, without writing anything.
+            error.model = _model(module, data, settings, {})
+            raise
+    return _model(module, data, settings, history)
+
+
+def _model(module: SCVAEModule, data: CountData, settings: dict, history: dict) -> SCVAE:
     return SCVAE(
         module,
         gene_names=data.gene_names,
         batch_categories=data.batch_categories,
         label_categories=data.label_categories,
-        layer=layer,
-        batch_key=batch_key,
-        labels_key=labels_key,
-        mask_layer=mask_layer,
+        layer=settings["layer"],
+        batch_key=settings["batch_key"],
+        labels_key=settings["labels_key"],
+        mask_layer=settings["mask_layer"],
         settings=settings,
         history=history,
     )
+
+
+def _check_options(data: CountData, settings: dict[str, Any]) -> None:
+    """Reject option values that would fail deep inside torch or train a degenerate model."""
+    if data.n_cells < 2:
+        raise ValueError(f"adata has {data.n_cells} cell(s); fitting needs at least 2 cells")
+    for name in ("n_latent", "n_hidden", "n_layers", "patience"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= settings["dropout"] < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {settings['dropout']!r}")
+    if not (math.isfinite(settings["lr"]) and settings["lr"] > 0):
+        raise ValueError(f"lr must be a positive number, got {settings['lr']!r}")
+    if settings["kl_warmup"] < 0:
+        raise ValueError(f"kl_warmup must be >= 0, got {settings['kl_warmup']!r}")
+    if not math.isfinite(settings["beta"]):
+        raise ValueError(f"beta must be finite, got {settings['beta']!r}")
 
 
 def _split(
@@ -301,7 +338,14 @@ def _write_results(
     adata: AnnData, model: SCVAE, data: CountData, key_added: str, zero_genes: list[str]
 ) -> None:
     obsm_key = f"X_{key_added}"
-    adata.obsm[obsm_key] = model.embed_data(data)
+    embedding = model.embed_data(data)
+    if not np.isfinite(embedding).all():
+        bad = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
+        raise FloatingPointError(
+            f"the embedding of {bad.size} cells is not finite (e.g. {data.cell_names[bad[0]]!r}); "
+            "nothing was written to adata. Check those cells for extreme counts."
+        )
+    adata.obsm[obsm_key] = embedding
     adata.uns[key_added] = {
         "settings": _h5ad_safe(model.settings),
         "versions": versions(),

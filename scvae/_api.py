@@ -6,6 +6,7 @@ import logging
 import math
 import platform
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from anndata import AnnData
 
 from ._batches import MinibatchSource
+from ._checkpoint import Checkpointing, fit_identity
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
 from ._module import SCVAEModule
@@ -75,6 +77,9 @@ def fit(
     seed: int = 0,
     key_added: str = "scvae",
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
 ) -> SCVAE:
     """Fit the count VAE to ``adata`` and write the cells' latent coordinates.
 
@@ -122,6 +127,19 @@ def fit(
         Keys written: ``obsm[f"X_{key_added}"]`` and ``uns[key_added]``.
     progress
         Show a progress bar.
+    checkpoint_dir, checkpoint_every
+        Write the full training state to ``checkpoint_dir/checkpoint.pt`` (atomically) every
+        ``checkpoint_every`` epochs.
+    resume
+        Continue from the checkpoint in ``checkpoint_dir``, if there is one (same data and
+        options; ``max_epochs`` may be larger). On CPU the result equals, bit for bit, a fit
+        that was never stopped.
+
+    A ``KeyboardInterrupt`` (stopping a notebook cell) ends training early: the parameters
+    of the best or last complete epoch are kept, results are written as usual, a warning is
+    issued and ``model.history["interrupted_at_epoch"]`` records it. A NaN or infinite loss
+    raises :class:`~scvae._train.NonFiniteLossError` (its ``model`` attribute holds the model
+    at its last finite state) and writes nothing.
 
     Returns
     -------
@@ -179,6 +197,9 @@ def fit_counts(
     device: str | torch.device = "auto",
     seed: int = 0,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
 ) -> SCVAE:
     """Fit on prepared :class:`~scvae._data.CountData`; :func:`fit` without the AnnData.
 
@@ -203,6 +224,15 @@ def fit_counts(
     kl_warmup = max(1, max_epochs // 8) if kl_warmup is None else int(kl_warmup)
     settings.update(max_epochs=max_epochs, kl_warmup=kl_warmup, device=str(device))
     _check_options(data, settings)
+    checkpointing = None
+    if checkpoint_dir is not None:
+        settings["checkpoint_dir"] = str(checkpoint_dir)
+        identity = fit_identity(data.gene_names, data.n_cells, settings)
+        checkpointing = Checkpointing(Path(checkpoint_dir), int(checkpoint_every), identity)
+        if resume:
+            checkpointing.resume_state = checkpointing.read()
+    elif resume:
+        raise ValueError("resume=True needs the checkpoint_dir of the fit to resume")
 
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
@@ -254,6 +284,7 @@ def fit_counts(
             early_stopping=early_stopping and val_source is not None,
             patience=patience,
             progress=progress,
+            checkpointing=checkpointing,
         )
         try:
             history = train(module, train_source, val_source, **train_options)
@@ -291,6 +322,8 @@ def _check_options(data: CountData, settings: dict[str, Any]) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {settings['dropout']!r}")
     if not (math.isfinite(settings["lr"]) and settings["lr"] > 0):
         raise ValueError(f"lr must be a positive number, got {settings['lr']!r}")
+    if settings["checkpoint_every"] < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {settings['checkpoint_every']!r}")
     if settings["kl_warmup"] < 0:
         raise ValueError(f"kl_warmup must be >= 0, got {settings['kl_warmup']!r}")
     if not math.isfinite(settings["beta"]):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["interrupted_saves", "write_folder"]
+__all__ = ["interrupted_saves", "write_file", "write_folder"]
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -104,3 +104,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_file(path: Path, content: bytes) -> None:
+    """Replace the file ``path`` by ``content`` in one step (temporary file, fsync, rename)."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.saving-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -22,6 +22,7 @@ from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from ._batches import MinibatchSource
+from ._checkpoint import Checkpointing
 from ._module import SCVAEModule
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,20 @@ def _parameters_finite(module: torch.nn.Module) -> torch.Tensor:
     return torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all()
 
 
+def _random_state(source: MinibatchSource) -> dict:
+    state = {"numpy": source.rng.bit_generator.state, "torch": torch.get_rng_state()}
+    if source.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(source.device)
+    return state
+
+
+def _set_random_state(state: dict, source: MinibatchSource) -> None:
+    source.rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and source.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], source.device)
+
+
 def _restored(epoch: int) -> str:
     return "their initial values" if epoch == 0 else f"the end of epoch {epoch - 1}"
 
@@ -167,6 +182,7 @@ def train(
     early_stopping: bool = True,
     patience: int = 20,
     progress: bool = True,
+    checkpointing: Checkpointing | None = None,
 ) -> dict[str, list[float]]:
     """Fit ``module`` by stochastic variational inference; returns the per-epoch history.
 
@@ -178,7 +194,9 @@ def train(
     end of the last finite epoch and raises :class:`NonFiniteLossError` naming the epoch, the
     step and the cells of its minibatch. A ``KeyboardInterrupt`` ends training early with a
     warning: the parameters of the best (early stopping) or last complete epoch are kept and
-    the history gets ``interrupted_at_epoch``.
+    the history gets ``interrupted_at_epoch``. With ``checkpointing``, the full training
+    state is written every ``checkpointing.every`` epochs, and training continues from
+    ``checkpointing.resume_state`` when one is given.
 
     Returns
     -------
@@ -197,10 +215,26 @@ def train(
         "epoch_seconds": [],
     }
     best_elbo, best_state, best_epoch, stale = -math.inf, None, -1, 0
+    start = 0
+    resume = checkpointing.resume_state if checkpointing is not None else None
+    if resume is not None:
+        module.load_state_dict(resume["module"])
+        optimizer.load_state_dict(resume["optimizer"])
+        history = {k: list(v) for k, v in resume["history"].items()}
+        best_elbo, best_epoch, stale = resume["best_elbo"], resume["best_epoch"], resume["stale"]
+        best_state, start = resume["best_state"], resume["epoch"]
+        _set_random_state(resume["random"], train_source)
     last_state = _snapshot(module)
-    bar = tqdm(range(max_epochs), desc="scvae", unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(start, max_epochs),
+        initial=start,
+        total=max_epochs,
+        desc="scvae",
+        unit="epoch",
+        disable=not progress,
+    )
     module.train()
-    epoch = 0
+    epoch = start
     try:
         with pyro.validation_enabled(False):
             for epoch in bar:
@@ -252,6 +286,20 @@ def train(
                 for key, value in record.items():
                     history[key].append(value)
                 last_state = _snapshot(module)
+                if checkpointing is not None and checkpointing.due(epoch + 1):
+                    checkpointing.write(
+                        {
+                            "epoch": epoch + 1,
+                            "module": last_state,
+                            "optimizer": optimizer.state_dict(),
+                            "history": history,
+                            "best_elbo": best_elbo,
+                            "best_epoch": best_epoch,
+                            "stale": stale,
+                            "best_state": best_state,
+                            "random": _random_state(train_source),
+                        }
+                    )
                 bar.set_postfix(postfix, refresh=False)
                 if stop:
                     logger.info(

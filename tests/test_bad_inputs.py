@@ -486,6 +486,68 @@ def _(env):
     assert scvae.load(env.tmp / "numpy_options").module.n_latent == 4
 
 
+@case("F53")
+def _(env):
+    a = env.adata()
+    expect_error(a, ValueError, r"resume=True needs the checkpoint_dir", fit, a, resume=True)
+
+
+@case("F54")
+def _(env):
+    folder = env.tmp / "ckpt"
+    fit(env.adata(), checkpoint_dir=folder, checkpoint_every=1)
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"checkpoint of another fit \(differs in \['n_latent'\]\)",
+        fit,
+        a,
+        checkpoint_dir=folder,
+        resume=True,
+        n_latent=3,
+    )
+
+
+@case("F55")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        "checkpoint_every must be >= 1",
+        fit,
+        a,
+        checkpoint_dir=env.tmp,
+        checkpoint_every=0,
+    )
+
+
+@case("F56")
+def _(env):
+    marker = env.tmp / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (env.tmp / "ckpt").mkdir()
+    (env.tmp / "ckpt" / "checkpoint.pt").write_bytes(pickle.dumps({"x": Payload()}))
+    a = env.adata()
+    expect_error(
+        a, pickle.UnpicklingError, "", fit, a, checkpoint_dir=env.tmp / "ckpt", resume=True
+    )
+    assert not marker.exists()
+
+
+@case("F57")
+def _(env):
+    a = env.adata()
+    model = fit(a, checkpoint_dir=env.tmp / "none_yet", resume=True)
+    assert "no checkpoint in" in env.caplog.text and "starts from the beginning" in env.caplog.text
+    assert len(model.history["train_loss"]) == 1
+
+
 # -- embed / log_likelihood -----------------------------------------------------------------------
 @case("E01")
 def _(env):

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import logging
-import platform
+import math
 from dataclasses import replace
-from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 from anndata import AnnData
 
-from ._balance import balance_weights, class_weights
+from ._balance import balance_weights, check_balance, cluster_labels, label_head
 from ._batches import MinibatchSource
+from ._checkpoint import Checkpointing, fit_identity
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
 from ._module import SCVAEModule
-from ._reference import build_reference
-from ._train import train
-from ._version import __version__
+from ._reference import LatentReference, build_reference
+from ._results import report_all_zero_genes, write_results
+from ._train import NonFiniteLossError, train
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> ``cuda`` when available, else ``cpu``; other values as given."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:0'"
+        ) from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but CUDA is not available")
+        raise RuntimeError(
+            f"device={str(device)!r} was asked for but CUDA is not available: "
+            "use device='cpu' (or 'auto')"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(device)!r} is not supported: use 'cpu' or 'cuda'")
     return device
 
 
@@ -69,6 +79,9 @@ def fit(
     seed: int = 0,
     key_added: str = "scvae",
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
 ) -> SCVAE:
     """Fit the count VAE to ``adata`` and write the cells' latent coordinates.
 
@@ -129,6 +142,19 @@ def fit(
         Keys written: ``obsm[f"X_{key_added}"]`` and ``uns[key_added]``.
     progress
         Show a progress bar.
+    checkpoint_dir, checkpoint_every
+        Write the full training state to ``checkpoint_dir/checkpoint.pt`` (atomically) every
+        ``checkpoint_every`` epochs.
+    resume
+        Continue from the checkpoint in ``checkpoint_dir``, if there is one (same data and
+        options; ``max_epochs`` may be larger). On CPU the result equals, bit for bit, a fit
+        that was never stopped.
+
+    A ``KeyboardInterrupt`` (stopping a notebook cell) ends training early: the parameters
+    of the best or last complete epoch are kept, results are written as usual, a warning is
+    issued and ``model.history["interrupted_at_epoch"]`` records it. A NaN or infinite loss
+    raises :class:`~scvae._train.NonFiniteLossError` (its ``model`` attribute holds the model
+    at its last finite state) and writes nothing.
 
     Returns
     -------
@@ -154,10 +180,10 @@ def fit(
             f"{len(unmeasured)} genes have every entry missing (e.g. {unmeasured[:5]}); "
             "nothing can be learnt about them: remove them before fitting"
         )
-    zero_genes = _report_all_zero_genes(data)
+    zero_genes = report_all_zero_genes(data)
     model = fit_counts(data, **options)
     model.settings["key_added"] = key_added
-    _write_results(adata, model, data, key_added, zero_genes)
+    write_results(adata, model, data, key_added, zero_genes)
     return model
 
 
@@ -189,6 +215,9 @@ def fit_counts(
     device: str | torch.device = "auto",
     seed: int = 0,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
 ) -> SCVAE:
     """Fit on prepared :class:`~scvae._data.CountData`; :func:`fit` without the AnnData.
 
@@ -211,7 +240,7 @@ def fit_counts(
     )
     head_labels = data.labels
     if balance == "auto":
-        head_labels = _cluster_labels(data, settings, validation_indices)
+        head_labels = cluster_labels(fit_counts, data, settings, validation_indices)
         balance = "labels"
     device = resolve_device(device)
     max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
@@ -221,6 +250,16 @@ def fit_counts(
         raise ValueError(f"beta must be positive, got {beta}")
     kl_warmup = max(1, max_epochs // 8) if kl_warmup is None else int(kl_warmup)
     settings.update(max_epochs=max_epochs, kl_warmup=kl_warmup, device=str(device))
+    _check_options(data, settings)
+    checkpointing = None
+    if checkpoint_dir is not None:
+        settings["checkpoint_dir"] = str(checkpoint_dir)
+        identity = fit_identity(data.gene_names, data.n_cells, settings)
+        checkpointing = Checkpointing(Path(checkpoint_dir), int(checkpoint_every), identity)
+        if resume:
+            checkpointing.resume_state = checkpointing.read()
+    elif resume:
+        raise ValueError("resume=True needs the checkpoint_dir of the fit to resume")
 
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
@@ -233,18 +272,8 @@ def fit_counts(
             train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
         head = {}
         if balance == "labels":
-            names = (
-                list(data.label_categories)
-                if settings["balance"] == "labels"
-                else [f"cluster_{i}" for i in range(int(head_labels.max()) + 1)]
-            )
-            n_labels = len(names)
-            head = {
-                "n_labels": n_labels,
-                "label_names": names,
-                "classification_weight": classification_weight,
-                "class_weights": class_weights(head_labels[train_idx], n_labels).tolist(),
-            }
+            names = data.label_categories if settings["balance"] == "labels" else None
+            head = label_head(head_labels[train_idx], names, classification_weight)
         elif balance == "batch":
             sample_weights = np.zeros(data.n_cells)
             sample_weights[train_idx] = balance_weights(data.batch_index[train_idx])
@@ -284,10 +313,7 @@ def fit_counts(
             device,
             max_epochs,
         )
-        history = train(
-            module,
-            train_source,
-            val_source,
+        train_options = dict(
             max_epochs=max_epochs,
             lr=lr,
             beta=beta,
@@ -295,51 +321,58 @@ def fit_counts(
             early_stopping=early_stopping and val_source is not None,
             patience=patience,
             progress=progress,
+            checkpointing=checkpointing,
         )
+        try:
+            history = train(module, train_source, val_source, **train_options)
+        except NonFiniteLossError as error:
+            # Hand the user the model at its last finite state, without writing anything.
+            error.model = _model(module, data, settings, {})
+            raise
         reference = build_reference(module, data, labels_key=labels_key, device=device, seed=seed)
+    return _model(module, data, settings, history, reference)
+
+
+def _model(
+    module: SCVAEModule,
+    data: CountData,
+    settings: dict,
+    history: dict,
+    reference: LatentReference | None = None,
+) -> SCVAE:
     return SCVAE(
         module,
         gene_names=data.gene_names,
         batch_categories=data.batch_categories,
         label_categories=data.label_categories,
-        layer=layer,
-        batch_key=batch_key,
-        labels_key=labels_key,
-        mask_layer=mask_layer,
+        layer=settings["layer"],
+        batch_key=settings["batch_key"],
+        labels_key=settings["labels_key"],
+        mask_layer=settings["mask_layer"],
         settings=settings,
         history=history,
         reference=reference,
     )
 
 
-BALANCE = (None, "labels", "batch", "auto")
-
-
-def check_balance(balance: str | None, *, labels_key: str | None, batch_key: str | None) -> None:
-    """Errors for a ``balance`` value that cannot work with the given keys."""
-    if balance not in BALANCE:
-        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    if balance == "labels" and labels_key is None:
-        raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
-    if balance == "batch" and batch_key is None:
-        raise ValueError("balance='batch' needs batch_key with at least two batches")
-
-
-def _cluster_labels(
-    data: CountData, settings: dict[str, Any], validation_indices: np.ndarray | None
-) -> np.ndarray:
-    """Leiden clusters of a first, unbalanced fit: the classes of ``balance="auto"``."""
-    from .metrics import leiden_clusters
-
-    options = {k: v for k, v in settings.items() if k not in ("balance", "progress")}
-    logger.info("balance='auto': first fit, then Leiden clusters of its latent space")
-    first = fit_counts(
-        data, validation_indices=validation_indices, balance=None, progress=False, **options
-    )
-    clusters = leiden_clusters(first.embed_data(data), seed=settings["seed"])
-    codes = np.unique(clusters, return_inverse=True)[1].astype(np.int64)
-    logger.info("balance='auto': %d clusters, sizes %s", codes.max() + 1, np.bincount(codes))
-    return codes
+def _check_options(data: CountData, settings: dict[str, Any]) -> None:
+    """Reject option values that would fail deep inside torch or train a degenerate model."""
+    if data.n_cells < 2:
+        raise ValueError(f"adata has {data.n_cells} cell(s); fitting needs at least 2 cells")
+    for name in ("n_latent", "n_hidden", "n_layers", "patience"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= settings["dropout"] < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {settings['dropout']!r}")
+    if not (math.isfinite(settings["lr"]) and settings["lr"] > 0):
+        raise ValueError(f"lr must be a positive number, got {settings['lr']!r}")
+    if settings["checkpoint_every"] < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {settings['checkpoint_every']!r}")
+    if settings["kl_warmup"] < 0:
+        raise ValueError(f"kl_warmup must be >= 0, got {settings['kl_warmup']!r}")
+    if not math.isfinite(settings["beta"]):
+        raise ValueError(f"beta must be finite, got {settings['beta']!r}")
 
 
 def _split(
@@ -352,53 +385,3 @@ def _split(
         logger.info("fewer than 100 cells: no validation split, no early stopping")
     order = rng.permutation(n_cells)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def _report_all_zero_genes(data: CountData) -> list[str]:
-    totals = np.asarray(data.counts.sum(axis=0)).ravel()
-    zero = [data.gene_names[i] for i in np.flatnonzero(totals == 0)]
-    if zero:
-        logger.warning(
-            "%d genes have zero counts in every cell (e.g. %s); they are kept and will be "
-            "predicted near zero. Filter them with sc.pp.filter_genes(adata, min_counts=1).",
-            len(zero),
-            ", ".join(zero[:5]),
-        )
-    return zero
-
-
-def versions() -> dict[str, str]:
-    """Versions of scvae and the libraries a result depends on."""
-    return {
-        "scvae": __version__,
-        "torch": str(torch.__version__),
-        "pyro": str(pyro.__version__),
-        "anndata": version("anndata"),
-        "numpy": str(np.__version__),
-        "python": platform.python_version(),
-    }
-
-
-def _write_results(
-    adata: AnnData, model: SCVAE, data: CountData, key_added: str, zero_genes: list[str]
-) -> None:
-    obsm_key = f"X_{key_added}"
-    adata.obsm[obsm_key] = model.embed_data(data)
-    adata.uns[key_added] = {
-        "settings": _h5ad_safe(model.settings),
-        "versions": versions(),
-        "history": {k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()},
-        "n_all_zero_genes": len(zero_genes),
-        "all_zero_genes": np.asarray(zero_genes, dtype=str),
-    }
-    logger.info(
-        "added %r, the posterior means of the latent space (adata.obsm), and %r, the "
-        "settings and loss history (adata.uns)",
-        obsm_key,
-        key_added,
-    )
-
-
-def _h5ad_safe(settings: dict[str, Any]) -> dict[str, Any]:
-    """h5ad cannot store None: unset options are written as the string 'None'."""
-    return {k: ("None" if v is None else v) for k, v in settings.items()}

@@ -73,6 +73,8 @@ class MinibatchSource:
         self.data = data
         self.with_labels = with_labels and data.labels is not None
         self.indices = np.arange(data.n_cells) if indices is None else np.asarray(indices)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.device = torch.device(device)
@@ -80,6 +82,8 @@ class MinibatchSource:
         self.drop_last = drop_last and len(self.indices) > self.batch_size
         self._uniform_weight = bool(np.all(data.weight == 1.0))
         self.sample_p = None
+        #: The cells of the current (or last) epoch, in the order the minibatches take them.
+        self.order = self.indices
         if sample_weights is not None:
             sample_weights = np.asarray(sample_weights, dtype=np.float64)
             if sample_weights.shape != self.indices.shape or (sample_weights < 0).any():
@@ -100,6 +104,7 @@ class MinibatchSource:
             order = self.rng.choice(order, size=len(order), replace=True, p=self.sample_p)
         elif self.shuffle:
             order = order[self.rng.permutation(len(order))]
+        self.order = order
         counts = self.data.counts[order]
         missing = None if self.data.missing is None else self.data.missing[order]
         for k in range(len(self)):

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["CountData", "align_genes", "prepare_counts"]
 
 _CHUNK_ROWS = 4096
+# The largest integer float32 holds exactly (counts are float32 tensors in training).
+_MAX_COUNT = 2**24
 
 
 @dataclass
@@ -174,6 +176,7 @@ def _apply_mask_layer(
 
 def align_genes(var_names: pd.Index, gene_names: list[str]) -> np.ndarray:
     """Column positions of ``gene_names`` in ``var_names``; error naming any absent gene."""
+    _check_unique_genes(pd.Index(var_names))
     position = pd.Index(var_names).get_indexer(gene_names)
     absent = [g for g, p in zip(gene_names, position, strict=True) if p < 0]
     if absent:
@@ -198,8 +201,22 @@ def _check_adata(adata: AnnData) -> None:
         raise NotImplementedError(
             "disk-backed AnnData is not supported yet: load it with adata.to_memory()"
         )
-    if not adata.var_names.is_unique:
-        raise ValueError("adata.var_names are not unique: call adata.var_names_make_unique()")
+    _check_unique_genes(adata.var_names)
+    if not adata.obs_names.is_unique:
+        logger.warning(
+            "adata.obs_names are not unique (e.g. %r): results are by position, but cell "
+            "names in messages may be ambiguous; adata.obs_names_make_unique() fixes that",
+            adata.obs_names[adata.obs_names.duplicated()][0],
+        )
+
+
+def _check_unique_genes(var_names: pd.Index) -> None:
+    if not var_names.is_unique:
+        duplicated = list(dict.fromkeys(var_names[var_names.duplicated()]))
+        raise ValueError(
+            f"adata.var_names are not unique (e.g. {duplicated[:5]}): genes are matched by "
+            "name; call adata.var_names_make_unique()"
+        )
 
 
 def _get_matrix(adata: AnnData, layer: str | None):
@@ -218,24 +235,31 @@ def _get_matrix(adata: AnnData, layer: str | None):
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(
         matrix.dtype, np.complexfloating
     ):
-        raise TypeError(f"counts must be numeric, got dtype {matrix.dtype}")
+        raise TypeError(
+            f"counts must be numeric, got dtype {matrix.dtype}: store the raw counts as "
+            "numbers, e.g. adata.X = adata.X.astype(np.float32)"
+        )
     return matrix
 
 
 def _to_csr_counts(matrix, where: str, cells, genes) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
-    """Float32 CSR counts (NaN -> 0) and a CSR mask of the NaN entries, checked chunk by chunk."""
+    """Float32 CSR counts (NaN -> 0) and a CSR mask of the NaN entries, checked chunk by chunk.
+
+    Values are checked in their own dtype, before the conversion to float32 could round a
+    non-integer (3.0000001) or a too large count to an integer that passes."""
     if sp.issparse(matrix):
-        counts = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        original = sp.csr_matrix(matrix)  # no copy if already CSR; never written to
+        _check_values(original.data, where, cells, genes, partial(_sparse_position, original))
+        counts = sp.csr_matrix(original, dtype=np.float32, copy=True)
     else:
         counts = None
     n_cells, n_genes = matrix.shape
     chunks, missing_chunks = [], []
-    if counts is not None:
-        _check_values(counts.data, where, cells, genes, partial(_sparse_position, counts))
     for start in range(0, n_cells if counts is None else 0, _CHUNK_ROWS):
-        block = np.asarray(matrix[start : start + _CHUNK_ROWS], dtype=np.float32)
+        block = np.asarray(matrix[start : start + _CHUNK_ROWS])
         locate = partial(_dense_position, start=start, n_genes=n_genes)
         _check_values(block.ravel(), where, cells, genes, locate)
+        block = block.astype(np.float32)
         nan = np.isnan(block)
         missing_chunks.append(sp.csr_matrix(nan))
         chunks.append(sp.csr_matrix(np.where(nan, 0.0, block)))
@@ -256,7 +280,12 @@ def _to_csr_counts(matrix, where: str, cells, genes) -> tuple[sp.csr_matrix, sp.
     if missing.nnz == 0:
         return counts, None
     missing.sort_indices()
-    logger.info("%d entries are missing (NaN) and will be left out of the likelihood", missing.nnz)
+    logger.warning(
+        "%d entries of %s are NaN: they are treated as missing values (left out of the "
+        "likelihood; scvae.impute fills them)",
+        missing.nnz,
+        where,
+    )
     return counts, missing
 
 
@@ -284,6 +313,11 @@ def _check_values(
             "scvae models raw counts (not normalised or log-transformed data): "
             "pass the raw counts layer, e.g. layer='counts'",
         ),
+        (
+            values > _MAX_COUNT,
+            "counts above 2**24",
+            "float32 cannot store them exactly; are these raw counts of one gene in one cell?",
+        ),
     )
     for bad, what, advice in problems:
         hits = np.flatnonzero(bad)
@@ -296,8 +330,6 @@ def _check_values(
 
 
 def _check_cells(library, missing, cells, n_genes: int, where: str) -> None:
-    if len(cells) < 2:
-        raise ValueError(f"adata has {len(cells)} cell(s); fitting needs at least 2 cells")
     if missing is not None:
         n_missing = np.asarray(missing.sum(axis=1)).ravel()
         all_missing = np.flatnonzero(n_missing == n_genes)
@@ -339,6 +371,9 @@ def _codes(
     if categories is None:
         if isinstance(column.dtype, pd.CategoricalDtype):
             categories = [str(c) for c in column.cat.categories if (values == str(c)).any()]
+            unused = len(column.cat.categories) - len(categories)
+            if unused:
+                logger.info("adata.obs[%r]: ignoring %d unused categories", key, unused)
         else:
             categories = sorted(set(values[~is_nan]))
     codes = pd.Index(categories).get_indexer(values)

@@ -98,6 +98,8 @@ def impute(
         raise ValueError("method='model' needs a fitted model: impute(adata, model)")
     if interval is not None and (method != "model" or not 0 < interval < 1):
         raise ValueError("interval must be in (0, 1) and needs method='model'")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
     if method == "model":
         data = model.prepare(adata, layer=layer, mask_layer=mask_layer)
         columns = align_genes(adata.var_names, model.gene_names)
@@ -210,9 +212,24 @@ def predictive_log_likelihood(
     encoder; the proper score to compare models' imputations. Returns one value per missing
     entry of the model's genes, in row-major order.
     """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
+    if tuple(truth.shape) != tuple(adata.shape):
+        raise ValueError(
+            f"truth has shape {tuple(truth.shape)}; it must be aligned with adata "
+            f"{tuple(adata.shape)} (same cells and genes, same order)"
+        )
     data = model.prepare(adata, layer=layer, mask_layer=mask_layer)
     columns = align_genes(adata.var_names, model.gene_names)
     truth = sp.csr_matrix(truth)[:, columns]
+    if data.missing is not None:
+        rows, cols = data.missing.nonzero()
+        hidden = np.asarray(truth[rows, cols], dtype=np.float64).ravel()
+        if not np.isfinite(hidden).all() or (hidden < 0).any() or (hidden % 1 != 0).any():
+            raise ValueError(
+                "truth must hold the true counts (finite non-negative integers) at every "
+                "missing entry; it has NaN, infinite, negative or fractional values there"
+            )
     out = []
     for rows, cols, draws in predictive_draws(model, data, n_samples=n_samples, seed=seed):
         r, c = np.array(rows.cpu()), np.array(cols.cpu())  # writeable copies for scipy

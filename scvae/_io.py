@@ -1,18 +1,27 @@
 """Save and load: a folder with the weights (tensors only) and a JSON config.
 
-Loading reads the weights with ``torch.load(weights_only=True)``, which unpickles tensors and
-plain containers only: loading a model file never runs code from it.
+Saving is atomic (see :mod:`scvae._atomic`): a crash or a kill during ``save`` leaves the
+previous model in place. Loading reads the weights with ``torch.load(weights_only=True)``,
+which unpickles tensors and plain containers only: loading a model file never runs code from
+it. The config records a SHA-256 of the weights, so a truncated, corrupt or mismatched
+``weights.pt`` is reported instead of loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
+import pickle
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from anndata import AnnData
 
+from ._atomic import interrupted_saves, write_folder
 from ._data import align_genes
 from ._model import SCVAE
 from ._module import SCVAEModule
@@ -26,15 +35,48 @@ __all__ = ["load", "save"]
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
 FORMAT = 1
+# Constructor arguments of SCVAEModule a config may hold, and their types.
+_MODULE_TYPES = {
+    "n_genes": int,
+    "n_batches": int,
+    "n_latent": int,
+    "n_hidden": int,
+    "n_layers": int,
+    "likelihood": str,
+    "dispersion": str,
+    "dropout": (int, float),
+    "encode_mask": bool,
+    "library_scale": (int, float),
+    "n_labels": int,
+    "classification_weight": (int, float),
+    "class_weights": (list, type(None)),
+    "label_names": (list, type(None)),
+}
 
 
 def save(model: SCVAE, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``model`` to the folder ``path``; see :meth:`SCVAE.save`."""
+    """Write ``model`` to the folder ``path``; see :meth:`SCVAE.save`.
+
+    The new folder is written beside ``path`` and renamed into place; with ``overwrite=True``
+    an existing model folder is swapped out in one step. A folder holding anything but an
+    scvae model is never replaced.
+    """
     path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True")
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder: choose another path")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True")
+        others = sorted(p.name for p in path.iterdir() if p.name not in (WEIGHTS, CONFIG))
+        if others or not (path / CONFIG).is_file():
+            raise FileExistsError(
+                f"{path} is not an scvae model folder (it holds {others[:5] or 'no config'}); "
+                "overwrite=True replaces model folders only: choose another path"
+            )
     module = model.module
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
     config = {
         "format": FORMAT,
         "scvae_version": __version__,
@@ -49,12 +91,21 @@ def save(model: SCVAE, path: str | Path, *, overwrite: bool = False) -> Path:
         "settings": model.settings,
         "history": model.history,
         "reference": None if model.reference is None else model.reference.to_dict(),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save(state, path / WEIGHTS)
-    (path / CONFIG).write_text(json.dumps(config, indent=1))
+    text = json.dumps(config, indent=1, default=_json_default, allow_nan=True)
+    write_folder(path, {WEIGHTS: weights, CONFIG: text.encode()})
     logger.info("saved model to %s", path)
     return path
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays (e.g. ``n_latent=np.int64(10)``) as plain JSON values."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.device | Path):
+        return str(value)
+    raise TypeError(f"cannot save a setting of type {type(value).__name__}: {value!r}")
 
 
 def load(
@@ -80,24 +131,41 @@ def load(
 
     path = Path(path)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path} is not an scvae model folder ({CONFIG}, {WEIGHTS})")
-    config = json.loads((path / CONFIG).read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown model format {config.get('format')!r}")
-    if config["scvae_version"] != __version__:
-        logger.warning(
-            "model saved by scvae %s, loading with %s", config["scvae_version"], __version__
-        )
-    if config["module"]["n_genes"] != len(config["gene_names"]):
+        hint = ""
+        aside = interrupted_saves(path)
+        if aside and not path.exists():
+            hint = f"; a save was interrupted: the previous model is in {aside[0]}"
+        raise FileNotFoundError(f"{path} is not an scvae model folder ({CONFIG}, {WEIGHTS}){hint}")
+    if adata is not None and not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}")
+    config = _read_config(path)
+    weights = (path / WEIGHTS).read_bytes()
+    expected = config.get("weights_sha256")
+    if expected is not None and hashlib.sha256(weights).hexdigest() != expected:
         raise ValueError(
-            f"{path}: config lists {len(config['gene_names'])} genes for a "
-            f"model of {config['module']['n_genes']}"
+            f"{path / WEIGHTS} does not match {CONFIG} (SHA-256 differs): the file is "
+            "corrupt, truncated or from another save; save the model again"
         )
     reference = config.get("reference")
+    try:
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise pickle.UnpicklingError(
+            f"{path / WEIGHTS} holds objects other than tensors; scvae does not load it "
+            f"(loading it could run code from the file): {error}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(
+            f"{path / WEIGHTS} cannot be read ({error}); save the model again"
+        ) from None
+    _check_state(state, path)
+    device = resolve_device(device)
     module = SCVAEModule(**config["module"])
-    state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
-    module.to(resolve_device(device)).eval()
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path / WEIGHTS} does not fit {CONFIG}: {error}") from None
+    module.to(device).eval()
     if adata is not None:
         align_genes(adata.var_names, config["gene_names"])
     return SCVAE(
@@ -113,3 +181,62 @@ def load(
         history=config["history"],
         reference=LatentReference.from_dict(reference) if reference else None,
     )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The parsed config, checked so that nothing in it reaches a constructor unchecked."""
+    where = path / CONFIG
+    try:
+        config = json.loads(where.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{where} is not valid JSON ({error}); save the model again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} does not hold a model config")
+    version = config.get("format")
+    if isinstance(version, int) and version > FORMAT:
+        raise ValueError(
+            f"{path} was saved by a newer scvae ({config.get('scvae_version')!r}, format "
+            f"{version}); this is scvae {__version__} (format {FORMAT}): upgrade scvae"
+        )
+    if version != FORMAT:
+        raise ValueError(f"{path}: unknown model format {version!r}")
+    required = ("scvae_version", "module", "gene_names", "batch_categories", "label_categories")
+    required += ("layer", "batch_key", "labels_key", "settings", "history")
+    absent = [k for k in required if k not in config]
+    if absent:
+        raise ValueError(f"{where} lacks {absent}: not a complete scvae model config")
+    if config["scvae_version"] != __version__:
+        logger.warning(
+            "model saved by scvae %s, loading with %s", config["scvae_version"], __version__
+        )
+    module = config["module"]
+    if not isinstance(module, dict) or "n_genes" not in module:
+        raise ValueError(f"{where}: 'module' must be a mapping with 'n_genes'")
+    for key, value in module.items():
+        kind = _MODULE_TYPES.get(key)
+        if kind is None:
+            raise ValueError(f"{where}: unknown module setting {key!r}")
+        wrong_bool = isinstance(value, bool) and kind is not bool
+        if wrong_bool or not isinstance(value, kind):
+            raise ValueError(f"{where}: module setting {key}={value!r} has the wrong type")
+    genes = config["gene_names"]
+    if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
+        raise ValueError(f"{where}: gene_names must be a list of strings")
+    if module["n_genes"] != len(genes):
+        raise ValueError(
+            f"{path}: config lists {len(genes)} genes for a model of {module['n_genes']}"
+        )
+    return config
+
+
+def _check_state(state: Any, path: Path) -> None:
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path / WEIGHTS} does not hold a mapping of names to tensors")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise ValueError(
+            f"{path / WEIGHTS} holds NaN or infinite weights ({bad[:3]}): this model would "
+            "give NaN results; fit it again"
+        )

@@ -96,7 +96,7 @@ class SCVAE:
         """
         if mask_layer is ...:
             mask_layer = self.mask_layer if self.mask_layer in adata.layers else None
-        return prepare_counts(
+        data = prepare_counts(
             adata,
             layer=self.layer if layer is ... else layer,
             mask_layer=mask_layer,
@@ -104,6 +104,14 @@ class SCVAE:
             batch_categories=self.batch_categories if self.batch_key else None,
             gene_names=self.gene_names,
         )
+        if data.missing is not None and not self.module.encode_mask:
+            logger.warning(
+                "this model was fitted without missing values: its encoder cannot tell a "
+                "missing entry from a zero, so the latent position of cells with missing "
+                "entries is biased towards low expression of those genes (the likelihood "
+                "still leaves them out). Fit on data with missing values for such cells."
+            )
+        return data
 
     def embed(
         self, adata: AnnData, *, layer: str | type | None = ..., batch_size: int = 1024
@@ -203,6 +211,8 @@ class SCVAE:
         --------
         >>> model.log_likelihood(test_adata).mean()  # doctest: +SKIP
         """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
         data = self.prepare(adata, layer=layer)
         self.module.eval()
         source = MinibatchSource(data, batch_size=batch_size, device=self.device)

@@ -52,6 +52,13 @@ def concat_panels(
     blocks, obs, measured = [], [], {g: [] for g in genes}
     any_sparse = False
     for name, adata in adatas.items():
+        if not adata.var_names.is_unique:
+            raise ValueError(
+                f"adatas[{name!r}].var_names are not unique: genes are matched by name; "
+                "call var_names_make_unique() first"
+            )
+        if layer is not None and layer not in adata.layers:
+            raise KeyError(f"layer {layer!r} not in adatas[{name!r}].layers")
         values = adata.X if layer is None else adata.layers[layer]
         any_sparse |= sp.issparse(values)
         position = genes.get_indexer(adata.var_names)

@@ -7,10 +7,10 @@ updates the module's own parameters. No ``pyro.param`` store, no Lightning, no J
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
+import warnings
 
 import pyro
 import torch
@@ -22,11 +22,12 @@ from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from ._batches import MinibatchSource
+from ._checkpoint import Checkpointing
 from ._module import SCVAEModule
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_elbo", "kl_weight_at", "mean_field_loss", "train"]
+__all__ = ["NonFiniteLossError", "evaluate_elbo", "kl_weight_at", "mean_field_loss", "train"]
 
 
 def kl_weight_at(epoch: float, *, beta: float, warmup_epochs: float) -> float:
@@ -100,6 +101,75 @@ def evaluate_elbo(module: SCVAEModule, source: MinibatchSource) -> float:
     return -total / max(n, 1)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss (or the parameters) became NaN or infinite.
+
+    Attributes
+    ----------
+    epoch, step
+        Where it happened (0-based; ``step`` counts minibatches within the epoch, ``None``
+        when the loss was finite but the parameters were not).
+    cells
+        Names of the cells of that minibatch.
+    model
+        The model at its last finite state (set by :func:`scvae.fit`), or ``None``.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int | None, cells: list[str]) -> None:
+        super().__init__(message)
+        self.epoch, self.step, self.cells = epoch, step, cells
+        self.model = None
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # A fresh copy, assigned only once complete: an interrupt during the copy keeps the old one.
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _parameters_finite(module: torch.nn.Module) -> torch.Tensor:
+    return torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all()
+
+
+def _random_state(source: MinibatchSource) -> dict:
+    state = {"numpy": source.rng.bit_generator.state, "torch": torch.get_rng_state()}
+    if source.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(source.device)
+    return state
+
+
+def _set_random_state(state: dict, source: MinibatchSource) -> None:
+    source.rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and source.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], source.device)
+
+
+def _restored(epoch: int) -> str:
+    return "their initial values" if epoch == 0 else f"the end of epoch {epoch - 1}"
+
+
+def _non_finite_error(
+    source: MinibatchSource, losses: torch.Tensor, epoch: int, lr: float
+) -> NonFiniteLossError:
+    bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+    step = int(bad[0]) if bad.numel() else None
+    if step is None:  # finite loss, non-finite update: the last step's gradient was
+        step_text, batch = "the update of the last step", len(losses) - 1
+        value = "finite"
+    else:
+        step_text, batch, value = f"step {step}", step, f"{float(losses[step])}"
+    rows = source.order[batch * source.batch_size : (batch + 1) * source.batch_size]
+    cells = [source.data.cell_names[i] for i in rows]
+    shown = ", ".join(map(repr, cells[:5])) + (" ..." if len(cells) > 5 else "")
+    message = (
+        f"training became non-finite at epoch {epoch}, {step_text} (loss {value}; "
+        f"minibatch of cells {shown}). The parameters were restored to {_restored(epoch)}. "
+        f"Try a lower lr (now {lr:g}) or a smaller beta, and check those cells for extreme "
+        "counts."
+    )
+    return NonFiniteLossError(message, epoch=epoch, step=step, cells=cells)
+
+
 def train(
     module: SCVAEModule,
     train_source: MinibatchSource,
@@ -112,17 +182,28 @@ def train(
     early_stopping: bool = True,
     patience: int = 20,
     progress: bool = True,
+    checkpointing: Checkpointing | None = None,
 ) -> dict[str, list[float]]:
     """Fit ``module`` by stochastic variational inference; returns the per-epoch history.
 
     Early stopping watches the validation ELBO once the KL warm-up is over, stops after
     ``patience`` epochs without improvement, and restores the best parameters.
 
+    Guards: the loss of every step is kept on the device and checked once per epoch (no
+    per-step host sync); a NaN or infinite loss or parameter restores the parameters of the
+    end of the last finite epoch and raises :class:`NonFiniteLossError` naming the epoch, the
+    step and the cells of its minibatch. A ``KeyboardInterrupt`` ends training early with a
+    warning: the parameters of the best (early stopping) or last complete epoch are kept and
+    the history gets ``interrupted_at_epoch``. With ``checkpointing``, the full training
+    state is written every ``checkpointing.every`` epochs, and training continues from
+    ``checkpointing.resume_state`` when one is given.
+
     Returns
     -------
     History with ``train_loss`` (the training objective per cell, the negative beta-weighted
     ELBO), ``validation_elbo`` (exact ELBO per cell, if validating), ``kl_weight`` and
-    ``epoch_seconds``.
+    ``epoch_seconds``, one entry per completed epoch; ``interrupted_at_epoch`` (one value)
+    after an interrupt.
     """
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     constant = _log_factorial_per_cell(train_source)
@@ -134,41 +215,93 @@ def train(
         "epoch_seconds": [],
     }
     best_elbo, best_state, best_epoch, stale = -math.inf, None, -1, 0
-    bar = tqdm(range(max_epochs), desc="scvae", unit="epoch", disable=not progress)
+    start = 0
+    resume = checkpointing.resume_state if checkpointing is not None else None
+    if resume is not None:
+        module.load_state_dict(resume["module"])
+        optimizer.load_state_dict(resume["optimizer"])
+        history = {k: list(v) for k, v in resume["history"].items()}
+        best_elbo, best_epoch, stale = resume["best_elbo"], resume["best_epoch"], resume["stale"]
+        best_state, start = resume["best_state"], resume["epoch"]
+        _set_random_state(resume["random"], train_source)
+    last_state = _snapshot(module)
+    bar = tqdm(
+        range(start, max_epochs),
+        initial=start,
+        total=max_epochs,
+        desc="scvae",
+        unit="epoch",
+        disable=not progress,
+    )
     module.train()
-    with pyro.validation_enabled(False):
-        for epoch in bar:
-            started = time.perf_counter()
-            total = torch.zeros((), device=train_source.device)
-            for step, batch in enumerate(train_source):
-                kl_weight = kl_weight_at(
-                    epoch + (step + 1) / steps_per_epoch, beta=beta, warmup_epochs=kl_warmup_epochs
-                )
-                loss = _step_loss(module, batch, kl_weight, False)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-            train_loss = float(total) / steps_per_epoch + constant
-            history["train_loss"].append(train_loss)
-            history["kl_weight"].append(kl_weight)
-            history["epoch_seconds"].append(time.perf_counter() - started)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"the training loss became {train_loss} at epoch {epoch}; try a lower lr"
-                )
-            postfix = {"loss": f"{train_loss:.1f}"}
-            if validation_source is not None:
-                val = evaluate_elbo(module, validation_source)
-                history["validation_elbo"].append(val)
-                postfix["val_elbo"] = f"{val:.1f}"
-                warm = epoch + 1 >= kl_warmup_epochs
-                if warm and val > best_elbo:
-                    best_elbo, best_epoch, stale = val, epoch, 0
-                    best_state = copy.deepcopy(module.state_dict())
-                elif warm:
-                    stale += 1
-                if early_stopping and stale >= patience:
+    epoch = start
+    try:
+        with pyro.validation_enabled(False):
+            for epoch in bar:
+                started = time.perf_counter()
+                losses = torch.zeros(steps_per_epoch, device=train_source.device)
+                for step, batch in enumerate(train_source):
+                    kl_weight = kl_weight_at(
+                        epoch + (step + 1) / steps_per_epoch,
+                        beta=beta,
+                        warmup_epochs=kl_warmup_epochs,
+                    )
+                    loss = _step_loss(module, batch, kl_weight, False)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses[step] = loss.detach()
+                finite = torch.isfinite(losses).all() & _parameters_finite(module)
+                if not bool(finite):  # the one host sync of the epoch
+                    module.load_state_dict(last_state)
+                    raise _non_finite_error(train_source, losses, epoch, lr)
+                record = {
+                    "train_loss": float(losses.sum()) / steps_per_epoch + constant,
+                    "kl_weight": kl_weight,
+                }
+                postfix = {"loss": f"{record['train_loss']:.1f}"}
+                stop = False
+                if validation_source is not None:
+                    val = evaluate_elbo(module, validation_source)
+                    if not math.isfinite(val):
+                        module.load_state_dict(last_state)
+                        raise NonFiniteLossError(
+                            f"the held-out ELBO became {val} at epoch {epoch}; the parameters "
+                            f"were restored to {_restored(epoch)}. Try a lower lr (now "
+                            f"{lr:g}) and check the cells for extreme counts.",
+                            epoch=epoch,
+                            step=None,
+                            cells=[],
+                        )
+                    record["validation_elbo"] = val
+                    postfix["val_elbo"] = f"{val:.1f}"
+                    warm = epoch + 1 >= kl_warmup_epochs
+                    if warm and val > best_elbo:
+                        best_elbo, best_epoch, stale = val, epoch, 0
+                        best_state = _snapshot(module)
+                    elif warm:
+                        stale += 1
+                    stop = early_stopping and stale >= patience
+                record["epoch_seconds"] = time.perf_counter() - started
+                for key, value in record.items():
+                    history[key].append(value)
+                last_state = _snapshot(module)
+                if checkpointing is not None and checkpointing.due(epoch + 1):
+                    checkpointing.write(
+                        {
+                            "epoch": epoch + 1,
+                            "module": last_state,
+                            "optimizer": optimizer.state_dict(),
+                            "history": history,
+                            "best_elbo": best_elbo,
+                            "best_epoch": best_epoch,
+                            "stale": stale,
+                            "best_state": best_state,
+                            "random": _random_state(train_source),
+                        }
+                    )
+                bar.set_postfix(postfix, refresh=False)
+                if stop:
                     logger.info(
                         "early stopping at epoch %d: best validation ELBO %.2f at epoch %d",
                         epoch,
@@ -176,7 +309,19 @@ def train(
                         best_epoch,
                     )
                     break
-            bar.set_postfix(postfix, refresh=False)
+    except KeyboardInterrupt:
+        kept = "best" if early_stopping and best_state is not None else "last complete"
+        warnings.warn(
+            f"training interrupted during epoch {epoch}: keeping the parameters of the "
+            f"{kept} epoch ({len(history['train_loss'])} epochs completed); "
+            "history['interrupted_at_epoch'] records it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        history["interrupted_at_epoch"] = [float(epoch)]
+        module.load_state_dict(last_state)
+    finally:
+        bar.close()
     if early_stopping and best_state is not None:
         module.load_state_dict(best_state)
     module.eval()

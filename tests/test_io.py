@@ -1,5 +1,6 @@
 """Save / load: identical embeddings, weights-only loading, checks on the genes."""
 
+import hashlib
 import json
 import pickle
 
@@ -45,7 +46,12 @@ def test_loading_never_runs_code_from_the_file(fitted, tmp_path):
         def __reduce__(self):
             return (exec, ("raise SystemExit('code ran')",))
 
-    (tmp_path / "model" / "weights.pt").write_bytes(pickle.dumps({"x": Payload()}))
+    crafted = pickle.dumps({"x": Payload()})
+    (tmp_path / "model" / "weights.pt").write_bytes(crafted)
+    # The attacker controls the config too: make its checksum match the crafted file.
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    config["weights_sha256"] = hashlib.sha256(crafted).hexdigest()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     with pytest.raises(pickle.UnpicklingError):
         scvae.load(tmp_path / "model")
 

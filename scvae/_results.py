@@ -1,0 +1,78 @@
+"""What :func:`scvae.fit` writes into the user's AnnData, and the log lines about the input."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from anndata import AnnData
+
+from ._data import CountData
+from ._model import SCVAE
+from ._version import __version__
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["report_all_zero_genes", "versions", "write_results"]
+
+
+def report_all_zero_genes(data: CountData) -> list[str]:
+    totals = np.asarray(data.counts.sum(axis=0)).ravel()
+    zero = [data.gene_names[i] for i in np.flatnonzero(totals == 0)]
+    if zero:
+        logger.warning(
+            "%d genes have zero counts in every cell (e.g. %s); they are kept and will be "
+            "predicted near zero. Filter them with sc.pp.filter_genes(adata, min_counts=1).",
+            len(zero),
+            ", ".join(zero[:5]),
+        )
+    return zero
+
+
+def versions() -> dict[str, str]:
+    """Versions of scvae and the libraries a result depends on."""
+    return {
+        "scvae": __version__,
+        "torch": str(torch.__version__),
+        "pyro": str(pyro.__version__),
+        "anndata": version("anndata"),
+        "numpy": str(np.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def write_results(
+    adata: AnnData, model: SCVAE, data: CountData, key_added: str, zero_genes: list[str]
+) -> None:
+    obsm_key = f"X_{key_added}"
+    embedding = model.embed_data(data)
+    if not np.isfinite(embedding).all():
+        bad = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
+        raise FloatingPointError(
+            f"the embedding of {bad.size} cells is not finite (e.g. {data.cell_names[bad[0]]!r}); "
+            "nothing was written to adata. Check those cells for extreme counts."
+        )
+    adata.obsm[obsm_key] = embedding
+    adata.uns[key_added] = {
+        "settings": _h5ad_safe(model.settings),
+        "versions": versions(),
+        "history": {k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()},
+        "n_all_zero_genes": len(zero_genes),
+        "all_zero_genes": np.asarray(zero_genes, dtype=str),
+    }
+    logger.info(
+        "added %r, the posterior means of the latent space (adata.obsm), and %r, the "
+        "settings and loss history (adata.uns)",
+        obsm_key,
+        key_added,
+    )
+
+
+def _h5ad_safe(settings: dict[str, Any]) -> dict[str, Any]:
+    """h5ad cannot store None: unset options are written as the string 'None'."""
+    return {k: ("None" if v is None else v) for k, v in settings.items()}

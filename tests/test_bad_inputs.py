@@ -1,0 +1,1107 @@
+"""Every row of docs/bad_inputs.md, one test case each (the case id is the row's #).
+
+A case either expects an error that names the key or value (and checks that the user's
+AnnData is unchanged by the failed call), or checks the documented handling (a warning and
+a defined result). ``test_every_table_row_has_a_case`` keeps the table and the cases in step.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import scvae
+from scvae._data import prepare_counts
+from scvae._train import NonFiniteLossError
+
+from .fingerprint import changed, fingerprint
+
+TABLE = Path(__file__).parents[1] / "docs" / "bad_inputs.md"
+CASES: dict[str, Callable[[Env], None]] = {}
+
+
+def case(row: str):
+    def register(function):
+        assert row not in CASES, row
+        CASES[row] = function
+        return function
+
+    return register
+
+
+@dataclass
+class Env:
+    base: ad.AnnData
+    model: scvae.SCVAE
+    tmp: Path
+    caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch
+
+    def adata(self) -> ad.AnnData:
+        """A fresh copy of the small simulated data (120 cells x 30 genes, 2 batches)."""
+        return self.base.copy()
+
+    def saved(self) -> Path:
+        path = self.tmp / "model"
+        if not path.exists():
+            self.model.save(path)
+        return path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    adata = scvae.datasets.simulate(120, 30, n_groups=3, n_batches=2, seed=5)
+    model = scvae.fit(adata.copy(), batch_key="batch", max_epochs=2, progress=False)
+    return adata, model
+
+
+def fit(adata, **options):
+    settings = {"max_epochs": 1, "progress": False}
+    settings.update(options)
+    return scvae.fit(adata, **settings)
+
+
+def expect_error(target, error, match, call, /, *args, **kwargs):
+    """``call`` raises ``error`` matching ``match`` and leaves the AnnData ``target`` as it
+    was."""
+    before = fingerprint(target)
+    with pytest.raises(error, match=match):
+        call(*args, **kwargs)
+    assert not changed(before, fingerprint(target))
+
+
+def with_x(adata, values):
+    adata.X = values
+    return adata
+
+
+def dense(env: Env) -> np.ndarray:
+    return env.base.X.toarray()
+
+
+# -- fit: values -------------------------------------------------------------------------------
+@case("F01")
+def _(env):
+    x = dense(env)
+    x[3, 7] = -2
+    a = with_x(env.adata(), sp.csr_matrix(x))
+    expect_error(
+        a, ValueError, r"negative values \(e\.g\. -2 at cell 'cell_3', gene 'gene_7'", fit, a
+    )
+
+
+@case("F02")
+def _(env):
+    x = dense(env)
+    x[10, 20] = 1.5
+    a = with_x(env.adata(), x)
+    expect_error(
+        a,
+        ValueError,
+        r"non-integer values \(e\.g\. 1\.5 at cell 'cell_10', gene 'gene_20'",
+        fit,
+        a,
+    )
+
+
+@case("F03")
+def _(env):
+    import scanpy as sc
+
+    a = env.adata()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    expect_error(a, ValueError, r"non-integer values.*layer='counts'", fit, a)
+
+
+@case("F04")
+def _(env):
+    x = dense(env).astype(np.float64)
+    x[2, 3] = 3.0000001  # float32 would round it to 3
+    a = with_x(env.adata(), x)
+    expect_error(a, ValueError, r"non-integer values.*cell 'cell_2', gene 'gene_3'", fit, a)
+
+
+@case("F05")
+def _(env):
+    x = dense(env).astype(np.int64)
+    x[1, 1] = 2**24 + 1  # float32 would store 2**24
+    a = with_x(env.adata(), x)
+    expect_error(a, ValueError, r"counts above 2\*\*24.*cell 'cell_1', gene 'gene_1'", fit, a)
+
+
+@case("F06")
+def _(env):
+    x = dense(env)
+    x[0, 0] = np.inf
+    a = with_x(env.adata(), x)
+    expect_error(
+        a, ValueError, r"infinite values \(e\.g\. inf at cell 'cell_0', gene 'gene_0'", fit, a
+    )
+
+
+@case("F07")
+def _(env):
+    x = dense(env)
+    x[5, 2] = -np.inf
+    a = with_x(env.adata(), sp.csr_matrix(x))
+    expect_error(a, ValueError, r"infinite values \(e\.g\. -inf at cell 'cell_5'", fit, a)
+
+
+@case("F08")
+def _(env):
+    x = dense(env)
+    x[0, :3] = np.nan
+    a = with_x(env.adata(), x)
+    fit(a)
+    assert "3 entries of adata.X are NaN: they are treated as missing values" in env.caplog.text
+    assert np.isfinite(a.obsm["X_scvae"]).all()
+
+
+@case("F09")
+def _(env):
+    x = dense(env)
+    x[1, 4] = np.nan
+    a = with_x(env.adata(), sp.csr_matrix(x))
+    data = prepare_counts(a)
+    assert data.missing.nnz == 1 and data.missing[1, 4]
+    assert "1 entries of adata.X are NaN" in env.caplog.text
+
+
+@case("F10")
+def _(env):
+    x = dense(env)
+    x[0, 0] = np.nan
+    a = with_x(env.adata(), x)
+    observed = np.ones(a.shape, dtype=bool)
+    observed[1, 1] = False
+    a.layers["observed"] = observed
+    data = prepare_counts(a, mask_layer="observed")
+    assert data.missing.nnz == 2 and data.missing[0, 0] and data.missing[1, 1]
+
+
+@case("F11")
+def _(env):
+    a = ad.AnnData(np.zeros((0, 5), dtype=np.float32))
+    expect_error(a, ValueError, r"adata is empty \(0 cells x 5 genes\)", fit, a)
+
+
+@case("F12")
+def _(env):
+    a = env.adata()[:, []].copy()
+    expect_error(a, ValueError, r"adata is empty \(120 cells x 0 genes\)", fit, a)
+
+
+@case("F13")
+def _(env):
+    a = env.adata()[:1].copy()
+    expect_error(a, ValueError, r"1 cell\(s\); fitting needs at least 2 cells", fit, a)
+
+
+@case("F14")
+def _(env):
+    x = dense(env)
+    x[[4, 9]] = 0
+    a = with_x(env.adata(), sp.csr_matrix(x))
+    expect_error(a, ValueError, r"2 cells have zero total counts.*'cell_4'.*filter_cells", fit, a)
+
+
+@case("F15")
+def _(env):
+    x = dense(env)
+    x[:, 5] = 0
+    a = with_x(env.adata(), sp.csr_matrix(x))
+    fit(a)
+    assert "1 genes have zero counts in every cell (e.g. gene_5)" in env.caplog.text
+    assert list(a.uns["scvae"]["all_zero_genes"]) == ["gene_5"]
+
+
+@case("F16")
+def _(env):
+    x = dense(env)
+    x[7] = np.nan
+    a = with_x(env.adata(), x)
+    expect_error(a, ValueError, r"1 cells have every entry missing.*'cell_7'", fit, a)
+
+
+@case("F17")
+def _(env):
+    x = dense(env)
+    x[:, 6] = np.nan
+    a = with_x(env.adata(), x)
+    expect_error(a, ValueError, r"1 genes have every entry missing.*gene_6", fit, a)
+
+
+@case("F18")
+def _(env):
+    a = env.adata()
+    a.var_names = ["gene_0", *a.var_names[:-1]]
+    expect_error(a, ValueError, r"var_names are not unique \(e\.g\. \['gene_0'\]\)", fit, a)
+
+
+@case("F19")
+def _(env):
+    a = env.adata()
+    a.obs_names = ["cell_0", *a.obs_names[:-1]]
+    fit(a)
+    assert "obs_names are not unique (e.g. 'cell_0')" in env.caplog.text
+    assert a.obsm["X_scvae"].shape == (120, 10)
+
+
+@case("F20")
+def _(env):
+    a = env.adata()
+    a.layers["text"] = dense(env).astype(str)
+    expect_error(a, TypeError, r"counts must be numeric, got dtype <U", fit, a, layer="text")
+
+
+@case("F21")
+def _(env):
+    a = env.adata()
+    a.layers["present"] = dense(env) > 0
+    expect_error(a, TypeError, r"counts must be numeric, got dtype bool", fit, a, layer="present")
+
+
+@case("F22")
+def _(env):
+    a = env.adata()
+    a.layers["objects"] = dense(env).astype(object)
+    expect_error(a, TypeError, r"got dtype object.*astype\(np\.float32\)", fit, a, layer="objects")
+
+
+@case("F23")
+def _(env):
+    as_int, as_float = env.adata(), env.adata()
+    as_int.X = dense(env).astype(np.int64)
+    fit(as_int, seed=1)
+    fit(as_float, seed=1)
+    np.testing.assert_array_equal(as_int.obsm["X_scvae"], as_float.obsm["X_scvae"])
+
+
+@case("F24")
+def _(env):
+    as_csc, as_csr = env.adata(), env.adata()
+    as_csc.X = sp.csc_matrix(as_csc.X)
+    fit(as_csc, seed=1)
+    fit(as_csr, seed=1)
+    np.testing.assert_array_equal(as_csc.obsm["X_scvae"], as_csr.obsm["X_scvae"])
+
+
+@case("F25")
+def _(env):
+    a = env.adata()
+    a.X = None
+    expect_error(a, ValueError, r"adata\.X is empty: pass the layer", fit, a)
+
+
+@case("F26")
+def _(env):
+    a = env.adata()
+    expect_error(a, KeyError, r"layer 'raw'.*available.*'counts'", fit, a, layer="raw")
+
+
+@case("F27")
+def _(env):
+    a = env.adata()
+    expect_error(a, KeyError, r"batch_key='donor'.*available.*'batch'", fit, a, batch_key="donor")
+
+
+@case("F28")
+def _(env):
+    a = env.adata()
+    expect_error(a, KeyError, r"labels_key='celltype'.*available", fit, a, labels_key="celltype")
+
+
+@case("F29")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a, KeyError, r"mask_layer 'observed' not in adata\.layers", fit, a, mask_layer="observed"
+    )
+
+
+@case("F30")
+def _(env):
+    a = env.adata()
+    a.layers["observed"] = np.ones(a.shape, dtype=np.float32)
+    expect_error(
+        a,
+        TypeError,
+        r"layers\['observed'\] must be boolean.*float32",
+        fit,
+        a,
+        mask_layer="observed",
+    )
+
+
+@case("F31")
+def _(env):
+    a = env.adata()
+    a.obs["batch"] = a.obs["batch"].astype(object)
+    a.obs.iloc[0, a.obs.columns.get_loc("batch")] = np.nan
+    expect_error(
+        a, ValueError, r"adata\.obs\['batch'\] has 1 missing values", fit, a, batch_key="batch"
+    )
+
+
+@case("F32")
+def _(env):
+    a = env.adata()
+    a.obs["batch"] = a.obs["batch"].cat.add_categories(["batch_unused"])
+    model = fit(a, batch_key="batch")
+    assert model.batch_categories == ["batch_0", "batch_1"]
+    assert "ignoring 1 unused categories" in env.caplog.text
+
+
+@case("F33")
+def _(env):
+    a = env.adata()
+    a.obs["cell_type"] = a.obs["cell_type"].cat.add_categories(["unused"])
+    a.obs.iloc[:5, a.obs.columns.get_loc("cell_type")] = np.nan
+    data = prepare_counts(a, labels_key="cell_type")
+    assert (data.labels[:5] == -1).all() and (data.labels[5:] >= 0).all()
+    assert "unused" not in data.label_categories
+
+
+@case("F34")
+def _(env):
+    a = env.adata()
+    a.obs["treated"] = np.arange(a.n_obs) % 2 == 0
+    model = fit(a, batch_key="treated")
+    assert model.batch_categories == ["False", "True"]
+
+
+@case("F35")
+def _(env):
+    with pytest.raises(TypeError, match="expected an AnnData, got ndarray"):
+        fit(np.ones((3, 3)))
+
+
+@case("F36")
+def _(env):
+    parent = env.adata()
+    before = fingerprint(parent)
+    view = parent[:100]
+    with pytest.warns(UserWarning, match="view"):  # anndata's ImplicitModificationWarning
+        fit(view)
+    assert view.obsm["X_scvae"].shape == (100, 10)
+    assert not changed(before, fingerprint(parent))
+
+
+def _bad_option(option, message, error=ValueError):
+    def run(env):
+        a = env.adata()
+        expect_error(a, error, message, fit, a, **option)
+
+    return run
+
+
+for _row, _option, _message in [
+    ("F37", {"likelihood": "gaussian"}, "likelihood must be one of"),
+    ("F38", {"dispersion": "cell"}, "dispersion must be one of"),
+    ("F39", {"beta": 0.0}, "beta must be positive, got 0.0"),
+    ("F40", {"max_epochs": 0}, "max_epochs and batch_size must be positive"),
+    ("F41", {"validation_fraction": 1.0}, r"validation_fraction must be in \[0, 1\)"),
+    ("F42", {"n_latent": 0}, "n_latent must be a positive integer, got 0"),
+    ("F43", {"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+    ("F44", {"lr": 0.0}, "lr must be a positive number, got 0.0"),
+    ("F45", {"lr": float("nan")}, "lr must be a positive number, got nan"),
+    ("F46", {"batch_size": 0}, "max_epochs and batch_size must be positive"),
+    ("F47", {"n_layers": 0}, "n_layers must be a positive integer, got 0"),
+    ("F48", {"device": "gpu"}, r"device='gpu' is not a device"),
+]:
+    case(_row)(_bad_option(_option, _message))
+
+
+@case("F49")
+def _(env):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    a = env.adata()
+    expect_error(
+        a,
+        RuntimeError,
+        r"device='cuda' was asked for but CUDA is not available",
+        fit,
+        a,
+        device="cuda",
+    )
+
+
+@case("F50")
+def _(env):
+    path = env.tmp / "backed.h5ad"
+    env.adata().write_h5ad(path)
+    content = path.read_bytes()
+    a = ad.read_h5ad(path, backed="r")
+    try:
+        with pytest.raises(NotImplementedError, match=r"disk-backed.*to_memory\(\)"):
+            fit(a)
+    finally:
+        a.file.close()
+    assert path.read_bytes() == content
+
+
+@case("F51")
+def _(env):
+    a = env.adata()
+    before = fingerprint(a)
+    calls = {"n": 0}
+    step = torch.optim.Adam.step
+
+    def corrupting_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 0, step 2: a parameter turns NaN
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    env.monkeypatch.setattr(torch.optim.Adam, "step", corrupting_step)
+    with pytest.raises(
+        NonFiniteLossError, match=r"epoch 0, step 3 \(loss nan; minibatch of cells 'cell_"
+    ) as info:
+        fit(a, batch_size=16, max_epochs=3)
+    assert isinstance(info.value, FloatingPointError)
+    assert np.isfinite(info.value.model.embed(a)).all()
+    assert not changed(before, fingerprint(a))
+
+
+@case("F52")
+def _(env):
+    a = env.adata()
+    model = fit(a, n_latent=np.int64(4), max_epochs=np.int64(1))
+    model.save(env.tmp / "numpy_options")
+    assert scvae.load(env.tmp / "numpy_options").module.n_latent == 4
+
+
+@case("F53")
+def _(env):
+    a = env.adata()
+    expect_error(a, ValueError, r"resume=True needs the checkpoint_dir", fit, a, resume=True)
+
+
+@case("F54")
+def _(env):
+    folder = env.tmp / "ckpt"
+    fit(env.adata(), checkpoint_dir=folder, checkpoint_every=1)
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"checkpoint of another fit \(differs in \['n_latent'\]\)",
+        fit,
+        a,
+        checkpoint_dir=folder,
+        resume=True,
+        n_latent=3,
+    )
+
+
+@case("F55")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        "checkpoint_every must be >= 1",
+        fit,
+        a,
+        checkpoint_dir=env.tmp,
+        checkpoint_every=0,
+    )
+
+
+@case("F56")
+def _(env):
+    marker = env.tmp / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (env.tmp / "ckpt").mkdir()
+    (env.tmp / "ckpt" / "checkpoint.pt").write_bytes(pickle.dumps({"x": Payload()}))
+    a = env.adata()
+    expect_error(
+        a, pickle.UnpicklingError, "", fit, a, checkpoint_dir=env.tmp / "ckpt", resume=True
+    )
+    assert not marker.exists()
+
+
+@case("F57")
+def _(env):
+    a = env.adata()
+    model = fit(a, checkpoint_dir=env.tmp / "none_yet", resume=True)
+    assert "no checkpoint in" in env.caplog.text and "starts from the beginning" in env.caplog.text
+    assert len(model.history["train_loss"]) == 1
+
+
+# -- embed / log_likelihood -----------------------------------------------------------------------
+@case("E01")
+def _(env):
+    a = env.adata()[:, 2:].copy()
+    expect_error(
+        a,
+        ValueError,
+        r"2 of the model's 30 genes are missing.*'gene_0', 'gene_1'",
+        env.model.embed,
+        a,
+    )
+
+
+@case("E02")
+def _(env):
+    a = env.adata()
+    shuffled = a[:, np.random.default_rng(0).permutation(a.n_vars)].copy()
+    np.testing.assert_allclose(env.model.embed(shuffled), env.model.embed(a), rtol=1e-5, atol=1e-6)
+
+
+@case("E03")
+def _(env):
+    a = env.adata()
+    extra = ad.AnnData(
+        sp.csr_matrix(np.ones((a.n_obs, 2), dtype=np.float32)),
+        obs=a.obs,
+        var=pd.DataFrame(index=["extra_1", "extra_2"]),
+    )
+    wider = ad.concat([a, extra], axis=1, merge="same")
+    np.testing.assert_allclose(env.model.embed(wider), env.model.embed(a), rtol=1e-5, atol=1e-6)
+    assert "ignoring 2 genes that the model was not trained on" in env.caplog.text
+
+
+@case("E04")
+def _(env):
+    a = env.adata()[:10].copy()
+    a.obs["batch"] = pd.Categorical(["batch_9"] * 10)
+    expect_error(a, ValueError, r"does not know: \['batch_9'\].*known", env.model.embed, a)
+
+
+@case("E05")
+def _(env):
+    a = env.adata()
+    del a.obs["batch"]
+    expect_error(a, KeyError, r"batch_key='batch' is not a column", env.model.embed, a)
+
+
+@case("E06")
+def _(env):
+    a = env.adata()
+    one = env.model.embed(a[:1])
+    np.testing.assert_allclose(one, env.model.embed(a)[:1], rtol=1e-5, atol=1e-6)
+
+
+@case("E07")
+def _(env):
+    x = dense(env)
+    x[0, :5] = np.nan
+    a = with_x(env.adata(), x)
+    z = env.model.embed(a)
+    assert np.isfinite(z).all()
+    assert "fitted without missing values: its encoder cannot tell" in env.caplog.text
+
+
+@case("E08")
+def _(env):
+    a = env.adata()
+    a.var_names = ["gene_1", *a.var_names[1:]]
+    expect_error(
+        a, ValueError, r"var_names are not unique \(e\.g\. \['gene_1'\]\)", env.model.embed, a
+    )
+
+
+@case("E09")
+def _(env):
+    import scanpy as sc
+
+    a = env.adata()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    expect_error(a, ValueError, r"non-integer values.*layer='counts'", env.model.embed, a)
+
+
+@case("E10")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"batch_size must be a positive integer, got 0",
+        env.model.embed,
+        a,
+        batch_size=0,
+    )
+
+
+@case("E11")
+def _(env):
+    a = env.adata()
+    a.X = sp.csr_matrix(np.vstack([np.zeros((1, a.n_vars), dtype=np.float32), dense(env)[1:]]))
+    expect_error(a, ValueError, r"1 cells have zero total counts.*'cell_0'", env.model.embed, a)
+
+
+@case("E12")
+def _(env):
+    a = env.adata()[:0].copy()
+    expect_error(a, ValueError, r"adata is empty \(0 cells", env.model.embed, a)
+
+
+@case("E13")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"n_samples must be at least 1, got 0",
+        env.model.log_likelihood,
+        a,
+        n_samples=0,
+    )
+
+
+@case("E14")
+def _(env):
+    a = env.adata()
+    expect_error(a, KeyError, r"layer 'raw' not in adata\.layers", env.model.elbo, a, layer="raw")
+
+
+# -- impute / denoise / predictive_log_likelihood ---------------------------------------------
+def with_holes(env: Env) -> ad.AnnData:
+    x = dense(env)
+    x[0, :3] = np.nan
+    x[5, 7] = np.nan
+    return with_x(env.adata(), x)
+
+
+@case("I01")
+def _(env):
+    a = with_holes(env)
+    expect_error(
+        a, ValueError, r"method must be one of.*'median'", scvae.impute, a, method="median"
+    )
+
+
+@case("I02")
+def _(env):
+    a = with_holes(env)
+    expect_error(a, ValueError, r"method='model' needs a fitted model", scvae.impute, a)
+
+
+@case("I03")
+def _(env):
+    a = with_holes(env)
+    expect_error(
+        a, ValueError, r"interval must be in \(0, 1\)", scvae.impute, a, env.model, interval=1.5
+    )
+
+
+@case("I04")
+def _(env):
+    a = env.adata()
+    scvae.impute(a, env.model)
+    assert "no missing entries in adata.X: the imputed layer is a copy" in env.caplog.text
+    assert (a.layers["scvae_imputed"] != a.X).nnz == 0
+
+
+@case("I05")
+def _(env):
+    a = env.adata()
+    a.layers["holes"] = with_holes(env).X
+    expect_error(
+        a,
+        ValueError,
+        r"adata\.X has no missing entries, but adata\.layers\['holes'\] has NaN",
+        scvae.impute,
+        a,
+        env.model,
+    )
+
+
+@case("I06")
+def _(env):
+    a = env.adata()
+    a.layers["observed"] = np.ones(a.shape, dtype=np.int8)
+    expect_error(
+        a, TypeError, r"must be boolean.*int8", scvae.impute, a, env.model, mask_layer="observed"
+    )
+
+
+@case("I07")
+def _(env):
+    other = scvae.datasets.simulate(50, 20, seed=0)
+    other.X[0, 0] = np.nan
+    expect_error(
+        other,
+        ValueError,
+        r"10 of the model's 30 genes are missing",
+        scvae.impute,
+        other,
+        env.model,
+    )
+
+
+@case("I08")
+def _(env):
+    a = with_holes(env)
+    expect_error(
+        a,
+        ValueError,
+        r"n_samples must be at least 1, got 0",
+        scvae.impute,
+        a,
+        env.model,
+        n_samples=0,
+    )
+
+
+@case("I09")
+def _(env):
+    a = with_holes(env)
+    expect_error(
+        a, KeyError, r"layer 'raw' not in adata\.layers", scvae.impute, a, env.model, layer="raw"
+    )
+
+
+@case("I10")
+def _(env):
+    a = env.adata()[:, 1:].copy()
+    expect_error(
+        a,
+        ValueError,
+        r"denoise needs adata to have exactly the model's genes",
+        scvae.denoise,
+        a,
+        env.model,
+    )
+
+
+@case("I11")
+def _(env):
+    a = with_holes(env)
+    truth = dense(env)[:-1]
+    expect_error(
+        a,
+        ValueError,
+        r"truth has shape \(119, 30\).*aligned with adata \(120, 30\)",
+        scvae.predictive_log_likelihood,
+        a,
+        env.model,
+        truth,
+    )
+
+
+@case("I12")
+def _(env):
+    a = with_holes(env)
+    expect_error(
+        a,
+        ValueError,
+        r"truth must hold the true counts.*NaN",
+        scvae.predictive_log_likelihood,
+        a,
+        env.model,
+        a.X,
+    )
+
+
+@case("I13")
+def _(env):
+    a = with_holes(env)
+    a.obs["batch"] = a.obs["batch"].astype(object)
+    a.obs.iloc[3, a.obs.columns.get_loc("batch")] = None
+    expect_error(
+        a, ValueError, r"adata\.obs\['batch'\] has 1 missing values", scvae.impute, a, env.model
+    )
+
+
+@case("I14")
+def _(env):
+    a = env.adata()
+    a.X = dense(env).astype(np.int64)
+    observed = np.ones(a.shape, dtype=bool)
+    observed[0, 0] = False
+    a.layers["observed"] = observed
+    scvae.impute(a, env.model, mask_layer="observed")
+    imputed = a.layers["scvae_imputed"]
+    assert imputed.dtype == np.float32
+    np.testing.assert_array_equal(imputed[observed], a.X[observed])
+
+
+# -- save / load ---------------------------------------------------------------------------
+def edit_config(path: Path, **changes) -> None:
+    config = json.loads((path / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def set_weights(path: Path, content: bytes) -> None:
+    import hashlib
+
+    (path / "weights.pt").write_bytes(content)
+    edit_config(path, weights_sha256=hashlib.sha256(content).hexdigest())
+
+
+@case("L01")
+def _(env):
+    with pytest.raises(FileNotFoundError, match="is not an scvae model folder"):
+        scvae.load(env.tmp / "nowhere")
+
+
+@case("L02")
+def _(env):
+    path = env.saved()
+    (path / "weights.pt").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"not an scvae model folder \(config\.json, weights\.pt\)"
+    ):
+        scvae.load(path)
+
+
+@case("L03")
+def _(env):
+    path = env.saved()
+    (path / "config.json").write_text("{'format': 1")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        scvae.load(path)
+
+
+@case("L04")
+def _(env):
+    path = env.saved()
+    edit_config(path, format=2, scvae_version="9.0")
+    with pytest.raises(ValueError, match=r"saved by a newer scvae \('9\.0', format 2\).*upgrade"):
+        scvae.load(path)
+
+
+@case("L05")
+def _(env):
+    path = env.saved()
+    edit_config(path, format=0)
+    with pytest.raises(ValueError, match="unknown model format 0"):
+        scvae.load(path)
+
+
+@case("L06")
+def _(env):
+    path = env.saved()
+    edit_config(path, scvae_version="0.0.1")
+    model = scvae.load(path)
+    assert "model saved by scvae 0.0.1, loading with" in env.caplog.text
+    np.testing.assert_array_equal(model.embed(env.base), env.model.embed(env.base))
+
+
+@case("L07")
+def _(env):
+    path = env.saved()
+    content = (path / "weights.pt").read_bytes()
+    (path / "weights.pt").write_bytes(content[: len(content) // 2])
+    with pytest.raises(ValueError, match=r"weights\.pt does not match config\.json \(SHA-256"):
+        scvae.load(path)
+
+
+@case("L08")
+def _(env):
+    path = env.saved()
+    other = env.tmp / "other"
+    fit(scvae.datasets.simulate(60, 20, seed=2)).save(other)
+    set_weights(path, (other / "weights.pt").read_bytes())
+    with pytest.raises(
+        ValueError, match=r"(?s)weights\.pt does not fit config\.json.*size mismatch"
+    ):
+        scvae.load(path)
+
+
+@case("L09")
+def _(env):
+    path = env.saved()
+    marker = env.tmp / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    set_weights(path, pickle.dumps({"x": Payload()}))
+    with pytest.raises(pickle.UnpicklingError, match="holds objects other than tensors"):
+        scvae.load(path)
+    assert not marker.exists()
+
+
+@case("L10")
+def _(env):
+    path = env.saved()
+    config = json.loads((path / "config.json").read_text())
+    edit_config(path, module={**config["module"], "__class__": "os.system"})
+    with pytest.raises(ValueError, match=r"unknown module setting '__class__'"):
+        scvae.load(path)
+
+
+@case("L11")
+def _(env):
+    path = env.saved()
+    config = json.loads((path / "config.json").read_text())
+    edit_config(path, gene_names=config["gene_names"][:-1])
+    with pytest.raises(ValueError, match="config lists 29 genes for a model of 30"):
+        scvae.load(path)
+
+
+@case("L12")
+def _(env):
+    import io
+
+    path = env.saved()
+    state = torch.load(path / "weights.pt", weights_only=True)
+    state["log_theta"][0, 0] = float("nan")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    set_weights(path, buffer.getvalue())
+    with pytest.raises(ValueError, match=r"NaN or infinite weights \(\['log_theta'\]\)"):
+        scvae.load(path)
+
+
+@case("L13")
+def _(env):
+    a = env.adata()[:, ~env.base.var_names.isin(["gene_3", "gene_7"])].copy()
+    expect_error(
+        a,
+        ValueError,
+        r"2 of the model's 30 genes.*'gene_3', 'gene_7'",
+        scvae.load,
+        env.saved(),
+        adata=a,
+    )
+
+
+@case("L14")
+def _(env):
+    a = env.adata()
+    a.var_names = ["gene_0", *a.var_names[1:-1], "gene_0"]
+    expect_error(a, ValueError, r"var_names are not unique", scvae.load, env.saved(), adata=a)
+
+
+@case("L15")
+def _(env):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(
+        RuntimeError, match="device='cuda' was asked for but CUDA is not available"
+    ):
+        scvae.load(env.saved(), device="cuda")
+
+
+@case("L16")
+def _(env):
+    with pytest.raises(ValueError, match=r"device='gpu' is not a device"):
+        scvae.load(env.saved(), device="gpu")
+
+
+@case("L17")
+def _(env):
+    with pytest.raises(TypeError, match="adata must be an AnnData, got DataFrame"):
+        scvae.load(env.saved(), adata=env.base.obs)
+
+
+@case("L18")
+def _(env):
+    path = env.saved()
+    with pytest.raises(FileExistsError, match="exists and is not empty; pass overwrite=True"):
+        env.model.save(path)
+
+
+@case("L19")
+def _(env):
+    path = env.tmp / "a_file"
+    path.write_text("notes")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        env.model.save(path)
+    assert path.read_text() == "notes"
+
+
+@case("L20")
+def _(env):
+    folder = env.tmp / "analysis"
+    folder.mkdir()
+    (folder / "results.csv").write_text("precious")
+    with pytest.raises(FileExistsError, match=r"not an scvae model folder.*results\.csv"):
+        env.model.save(folder, overwrite=True)
+    assert (folder / "results.csv").read_text() == "precious"
+
+
+@case("L21")
+def _(env):
+    (env.tmp / ".model.old-abc").mkdir()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"a save was interrupted: the previous model is in .*\.model\.old-abc",
+    ):
+        scvae.load(env.tmp / "model")
+
+
+# -- concat_panels ---------------------------------------------------------------------------
+@case("C01")
+def _(env):
+    with pytest.raises(ValueError, match="needs at least one AnnData"):
+        scvae.concat_panels({})
+
+
+@case("C02")
+def _(env):
+    a = env.adata()
+    a.var_names = ["gene_0", *a.var_names[:-1]]
+    expect_error(
+        a, ValueError, r"adatas\['a'\]\.var_names are not unique", scvae.concat_panels, {"a": a}
+    )
+
+
+@case("C03")
+def _(env):
+    a, b = env.adata(), env.adata()[:, :20].copy()
+    joint = scvae.concat_panels({"a": a, "b": b})
+    assert joint.obs_names.is_unique and joint.n_obs == 240
+    assert np.isnan(joint.X[120:].toarray()[:, 20:]).all()
+
+
+@case("C04")
+def _(env):
+    a = env.adata()
+    with pytest.raises(KeyError, match=r"layer 'raw' not in adatas\['a'\]\.layers"):
+        scvae.concat_panels({"a": a}, layer="raw")
+
+
+# -- the harness ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("row", sorted(CASES))
+def test_bad_input(row, tiny, tmp_path, caplog, monkeypatch):
+    caplog.set_level("INFO", logger="scvae")
+    base, model = tiny
+    CASES[row](Env(base, model, tmp_path, caplog, monkeypatch))
+
+
+def table_rows() -> dict[str, list[str]]:
+    rows = {}
+    for line in TABLE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if re.fullmatch(r"[A-Z]\d\d", cells[0]):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_every_table_row_has_a_case():
+    rows = table_rows()
+    assert len(rows) >= 40
+    assert set(rows) == set(CASES), set(rows) ^ set(CASES)
+    for row, cells in rows.items():
+        assert cells[-1] == f"`test_bad_input[{row}]`", row

@@ -69,6 +69,20 @@ CALLS = {
         set(),
     ),
     "concat_panels": (lambda a, m, t: scvae.concat_panels({"a": a, "b": a[:, :20]}), set()),
+    "generate from cells": (
+        lambda a, m, t: scvae.generate(m, 20, adata=a, labels_key="cell_type"),
+        set(),
+    ),
+    "posterior_predictive_check": (
+        lambda a, m, t: scvae.posterior_predictive_check(m, a, classifier=False),
+        set(),
+    ),
+    "fit balance labels": (
+        lambda a, m, t: scvae.fit(
+            a, labels_key="cell_type", balance="labels", max_epochs=1, progress=False
+        ),
+        {"obsm/X_scvae", "uns/scvae"},
+    ),
 }
 
 

@@ -7,6 +7,7 @@ a defined result). ``test_every_table_row_has_a_case`` keeps the table and the c
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import re
@@ -1080,6 +1081,174 @@ def _(env):
     a = env.adata()
     with pytest.raises(KeyError, match=r"layer 'raw' not in adatas\['a'\]\.layers"):
         scvae.concat_panels({"a": a}, layer="raw")
+
+
+# -- generate, posterior_predictive_check -------------------------------------------------------
+@case("G01")
+def _(env):
+    with pytest.raises(ValueError, match="n_cells must be a positive integer, got 0"):
+        scvae.generate(env.model, 0)
+
+
+@case("G02")
+def _(env):
+    with pytest.raises(ValueError, match=r"n_cells must be a positive integer, got 2\.5"):
+        scvae.generate(env.model, 2.5)
+
+
+@case("G03")
+def _(env):
+    with pytest.raises(ValueError, match="unknown batch 'nope'; known: 'batch_0', 'batch_1'"):
+        scvae.generate(env.model, 5, batch="nope")
+
+
+@case("G04")
+def _(env):
+    with pytest.raises(ValueError, match="pass adata= and labels_key="):
+        scvae.generate(env.model, 5, cell_type="group_0")
+
+
+@case("G05")
+def _(env):
+    with pytest.raises(ValueError, match="labels_key needs adata"):
+        scvae.generate(env.model, 5, labels_key="cell_type")
+
+
+@case("G06")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        KeyError,
+        "labels_key 'kind' is not a column",
+        scvae.generate,
+        env.model,
+        5,
+        adata=a,
+        labels_key="kind",
+    )
+
+
+@case("G07")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        "unknown cell_type 'T cells'; known: 'group_0'",
+        scvae.generate,
+        env.model,
+        5,
+        cell_type="T cells",
+        adata=a,
+        labels_key="cell_type",
+    )
+
+
+@case("G08")
+def _(env):
+    old = copy.copy(env.model)
+    old.reference = None
+    with pytest.raises(ValueError, match="holds no latent reference"):
+        scvae.generate(old, 5)
+
+
+@case("G09")
+def _(env):
+    with pytest.raises(ValueError, match="chunk_size must be positive"):
+        scvae.generate(env.model, 5, chunk_size=0)
+
+
+@case("P01")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        "kind must be one of",
+        scvae.posterior_predictive_check,
+        env.model,
+        a,
+        kind="prior",
+    )
+
+
+@case("P02")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        KeyError,
+        "labels_key 'kind' is not a column",
+        scvae.posterior_predictive_check,
+        env.model,
+        a,
+        kind="generate",
+        labels_key="kind",
+    )
+
+
+@case("P03")
+def _(env):
+    x = dense(env)
+    x[:60, :5] = np.nan
+    a = with_x(env.adata(), x)
+    check = scvae.posterior_predictive_check(env.model, a)
+    expected = np.nanmean(x[:, :5], axis=0)
+    np.testing.assert_allclose(check.genes["mean_observed"].to_numpy()[:5], expected, rtol=1e-6)
+    assert "reads missing entries as zeros" in env.caplog.text
+
+
+# -- balance, predict_labels -------------------------------------------------------------------
+@case("B01")
+def _(env):
+    a = env.adata()
+    expect_error(a, ValueError, "balance='labels' needs labels_key", fit, a, balance="labels")
+
+
+@case("B02")
+def _(env):
+    a = env.adata()
+    expect_error(a, ValueError, "balance='batch' needs batch_key", fit, a, balance="batch")
+
+
+@case("B03")
+def _(env):
+    a = env.adata()
+    expect_error(a, ValueError, "balance must be one of", fit, a, balance="maybe")
+
+
+@case("B04")
+def _(env):
+    a = env.adata()
+    a.obs["one"] = "T"
+    expect_error(
+        a, ValueError, "at least 2 classes, found 1", fit, a, labels_key="one", balance="labels"
+    )
+
+
+@case("B05")
+def _(env):
+    a = env.adata()
+    a.obs["none"] = pd.Categorical([np.nan] * a.n_obs, categories=["T", "B"])
+    expect_error(
+        a, ValueError, "at least 2 classes, found 0", fit, a, labels_key="none", balance="labels"
+    )
+
+
+@case("B06")
+def _(env):
+    a = env.adata()
+    a.obs["kind"] = np.where(np.arange(a.n_obs) == 0, "rare", "common")
+    model = fit(a, labels_key="kind", balance="labels")
+    assert model.module.n_labels == 2
+    assert "fewer than 5 cells" in env.caplog.text
+
+
+@case("B07")
+def _(env):
+    with pytest.raises(ValueError, match="no label head"):
+        env.model.predict_labels(env.adata())
 
 
 # -- the harness ---------------------------------------------------------------------------------

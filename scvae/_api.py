@@ -12,10 +12,13 @@ import pyro
 import torch
 from anndata import AnnData
 
+from . import _distributed as ddp
+from ._backed import StreamingData
 from ._batches import MinibatchSource
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
 from ._module import SCVAEModule
+from ._stream import streaming_sources
 from ._train import train
 from ._version import __version__
 
@@ -124,8 +127,17 @@ def fit(
     >>> adata.obsm["X_scvae"].shape
     (500, 10)
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")  # doctest: +SKIP
+
+    A disk-backed AnnData (``anndata.read_h5ad(path, backed="r")``) is streamed from its file
+    in blocks of rows, in bounded memory; inside a ``torch.distributed`` process group (e.g.
+    under ``torchrun``) each process trains on its share with DistributedDataParallel. See
+    ``docs/scaling.md``.
     """
     options = {k: v for k, v in locals().items() if k not in ("adata", "key_added")}
+    if isinstance(adata, AnnData) and adata.isbacked:
+        from ._backed_fit import fit_backed
+
+        return fit_backed(adata, key_added=key_added, **options)
     data = prepare_counts(
         adata, layer=layer, batch_key=batch_key, labels_key=labels_key, mask_layer=mask_layer
     )
@@ -143,7 +155,7 @@ def fit(
 
 
 def fit_counts(
-    data: CountData,
+    data: CountData | StreamingData,
     *,
     validation_indices: np.ndarray | None = None,
     sample_weights: np.ndarray | None = None,
@@ -195,12 +207,28 @@ def fit_counts(
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        if validation_indices is None:
-            train_idx, val_idx = _split(data.n_cells, validation_fraction, rng, early_stopping)
+        if isinstance(data, StreamingData):
+            train_source, val_source = streaming_sources(
+                data,
+                validation_fraction=validation_fraction,
+                early_stopping=early_stopping,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+            )
+            library_scale = train_source.median_library()
         else:
-            val_idx = np.asarray(validation_indices)
-            train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
+            train_source, val_source = _memory_sources(
+                data,
+                validation_indices,
+                validation_fraction,
+                early_stopping,
+                batch_size,
+                device,
+                seed,
+                sample_weights,
+            )
+            library_scale = float(np.median(data.library[train_source.indices]))
         module = SCVAEModule(
             data.n_genes,
             len(data.batch_categories),
@@ -211,25 +239,12 @@ def fit_counts(
             dispersion=dispersion,
             dropout=dropout,
             encode_mask=data.missing is not None,
-            library_scale=float(np.median(data.library[train_idx])),
+            library_scale=library_scale,
         ).to(device)
-        train_source = MinibatchSource(
-            data,
-            train_idx,
-            batch_size=batch_size,
-            shuffle=True,
-            device=device,
-            rng=rng,
-            drop_last=True,
-            sample_weights=None if sample_weights is None else sample_weights[train_idx],
-        )
-        val_source = None
-        if len(val_idx):
-            val_source = MinibatchSource(data, val_idx, batch_size=256, device=device)
         logger.info(
             "training on %d cells (%d held out for validation), %d genes, %s, up to %d epochs",
-            len(train_idx),
-            len(val_idx),
+            train_source.n_cells,
+            0 if val_source is None else val_source.n_cells,
             data.n_genes,
             device,
             max_epochs,
@@ -258,6 +273,53 @@ def fit_counts(
         settings=settings,
         history=history,
     )
+
+
+def _memory_sources(
+    data: CountData,
+    validation_indices: np.ndarray | None,
+    validation_fraction: float,
+    early_stopping: bool,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    sample_weights: np.ndarray | None,
+) -> tuple[MinibatchSource, MinibatchSource | None]:
+    """Training and validation minibatches of in-memory counts.
+
+    Inside a process group each rank takes an equal share of the training cells (the
+    remainder of the division is left out, so that all ranks take the same number of steps)
+    and its share of the validation cells."""
+    rng = np.random.default_rng(seed)
+    if validation_indices is None:
+        train_idx, val_idx = _split(data.n_cells, validation_fraction, rng, early_stopping)
+    else:
+        val_idx = np.asarray(validation_indices)
+        train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
+    weights = None if sample_weights is None else sample_weights[train_idx]
+    validating = len(val_idx) > 0
+    rank, world = ddp.rank_world()
+    if world > 1:
+        share = len(train_idx) // world
+        mine = rng.permutation(len(train_idx))[rank * share : (rank + 1) * share]
+        train_idx = train_idx[np.sort(mine)]
+        weights = None if weights is None else weights[np.sort(mine)]
+        val_idx = val_idx[rank::world]
+        rng = np.random.default_rng([seed, rank])
+    train_source = MinibatchSource(
+        data,
+        train_idx,
+        batch_size=batch_size,
+        shuffle=True,
+        device=device,
+        rng=rng,
+        drop_last=True,
+        sample_weights=weights,
+    )
+    val_source = None
+    if validating:
+        val_source = MinibatchSource(data, val_idx, batch_size=256, device=device)
+    return train_source, val_source
 
 
 def _split(
@@ -298,10 +360,16 @@ def versions() -> dict[str, str]:
 
 
 def _write_results(
-    adata: AnnData, model: SCVAE, data: CountData, key_added: str, zero_genes: list[str]
+    adata: AnnData,
+    model: SCVAE,
+    data: CountData | StreamingData,
+    key_added: str,
+    zero_genes: list[str],
+    *,
+    embedding: np.ndarray | None = None,
 ) -> None:
     obsm_key = f"X_{key_added}"
-    adata.obsm[obsm_key] = model.embed_data(data)
+    adata.obsm[obsm_key] = model.embed_data(data) if embedding is None else embedding
     adata.uns[key_added] = {
         "settings": _h5ad_safe(model.settings),
         "versions": versions(),

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -21,6 +22,7 @@ from scipy.special import gammaln
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
+from . import _distributed as ddp
 from ._batches import MinibatchSource
 from ._module import SCVAEModule
 
@@ -42,6 +44,8 @@ def kl_weight_at(epoch: float, *, beta: float, warmup_epochs: float) -> float:
 def _log_factorial_per_cell(source: MinibatchSource) -> float:
     """Mean over the source's cells of sum_g lgamma(x_g + 1): the constant the training
     objective leaves out, added back so that reported losses are exact."""
+    if hasattr(source, "log_factorial_per_cell"):  # a source streamed from disk
+        return source.log_factorial_per_cell()
     # Zeros contribute lgamma(1) = 0: the stored values of the rows are all that is needed.
     values = source.data.counts[source.indices].data
     return float(gammaln(values + 1.0).sum() / max(source.n_cells, 1))
@@ -87,8 +91,12 @@ def _step_loss(module: SCVAEModule, batch, kl_weight: float, exact: bool) -> tor
 
 
 @torch.no_grad()
-def evaluate_elbo(module: SCVAEModule, source: MinibatchSource) -> float:
-    """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample)."""
+def evaluate_elbo(
+    module: SCVAEModule, source: MinibatchSource, *, distributed: bool = False
+) -> float:
+    """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample).
+
+    ``distributed``: each rank holds part of the cells; the mean is over all ranks' cells."""
     was_training = module.training
     module.eval()
     total, n = 0.0, 0
@@ -97,6 +105,8 @@ def evaluate_elbo(module: SCVAEModule, source: MinibatchSource) -> float:
             total += float(_step_loss(module, batch, 1.0, True)) * batch.x.shape[0]
             n += batch.x.shape[0]
     module.train(was_training)
+    if distributed:
+        total, n = ddp.all_reduce_sum(np.array([total, n], dtype=np.float64))[0]
     return -total / max(n, 1)
 
 
@@ -118,12 +128,19 @@ def train(
     Early stopping watches the validation ELBO once the KL warm-up is over, stops after
     ``patience`` epochs without improvement, and restores the best parameters.
 
+    Inside a ``torch.distributed`` process group the loss runs through DistributedDataParallel
+    (gradients all-reduced each step); each rank's sources hold its own share of the cells and
+    the same number of minibatches. The training loss and validation ELBO are all-reduced, so
+    every rank makes the same early-stopping decision; only rank 0 shows progress.
+
     Returns
     -------
     History with ``train_loss`` (the training objective per cell, the negative beta-weighted
     ELBO), ``validation_elbo`` (exact ELBO per cell, if validating), ``kl_weight`` and
     ``epoch_seconds``.
     """
+    distributed = ddp.is_distributed()
+    step_loss = ddp.wrap_for_training(module, _step_loss)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     constant = _log_factorial_per_cell(train_source)
     steps_per_epoch = max(len(train_source), 1)
@@ -134,7 +151,12 @@ def train(
         "epoch_seconds": [],
     }
     best_elbo, best_state, best_epoch, stale = -math.inf, None, -1, 0
-    bar = tqdm(range(max_epochs), desc="scvae", unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(max_epochs),
+        desc="scvae",
+        unit="epoch",
+        disable=not progress or ddp.rank_world()[0] > 0,
+    )
     module.train()
     with pyro.validation_enabled(False):
         for epoch in bar:
@@ -144,11 +166,13 @@ def train(
                 kl_weight = kl_weight_at(
                     epoch + (step + 1) / steps_per_epoch, beta=beta, warmup_epochs=kl_warmup_epochs
                 )
-                loss = _step_loss(module, batch, kl_weight, False)
+                loss = step_loss(batch, kl_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
+            if distributed:
+                total = ddp.all_reduce_sum(total.cpu().numpy())[0] / ddp.rank_world()[1]
             train_loss = float(total) / steps_per_epoch + constant
             history["train_loss"].append(train_loss)
             history["kl_weight"].append(kl_weight)
@@ -159,7 +183,7 @@ def train(
                 )
             postfix = {"loss": f"{train_loss:.1f}"}
             if validation_source is not None:
-                val = evaluate_elbo(module, validation_source)
+                val = evaluate_elbo(module, validation_source, distributed=distributed)
                 history["validation_elbo"].append(val)
                 postfix["val_elbo"] = f"{val:.1f}"
                 warm = epoch + 1 >= kl_warmup_epochs

@@ -89,6 +89,28 @@ class BackedMatrix:
         block.sort_indices()
         return block
 
+    def row_ranges(self, ranges: list[tuple[int, int]]) -> sp.csr_matrix:
+        """Rows of several ``(start, stop)`` ranges stacked, read straight into one CSR
+        buffer (no intermediate copies): the buffer of a shuffled stream."""
+        if self.columns is not None:
+            return sp.vstack([self.rows(a, b) for a, b in ranges], format="csr")
+        lengths = [self._indptr[b] - self._indptr[a] for a, b in ranges]
+        nnz = int(sum(lengths))
+        data = np.empty(nnz, dtype=np.float32)
+        indices = np.empty(nnz, dtype=self._indices.dtype)
+        indptr = [np.zeros(1, dtype=np.int64)]
+        offset = 0
+        for (a, b), n in zip(ranges, lengths, strict=True):
+            lo = self._indptr[a]
+            data[offset : offset + n] = self._data[lo : lo + n]
+            indices[offset : offset + n] = self._indices[lo : lo + n]
+            indptr.append(self._indptr[a + 1 : b + 1] - lo + offset)
+            offset += n
+        shape = (sum(b - a for a, b in ranges), self.n_genes)
+        block = sp.csr_matrix((data, indices, np.concatenate(indptr)), shape=shape)
+        block.sort_indices()
+        return block
+
     def close(self) -> None:
         self._file.close()
 
@@ -135,6 +157,12 @@ class StreamingData:
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         start = chunk * self.chunk_rows
         return start, min(start + self.chunk_rows, self.n_cells)
+
+    def read_chunks(self, chunks) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Counts of several blocks stacked in the given order, and their row numbers."""
+        bounds = [self.chunk_bounds(int(c)) for c in chunks]
+        rows = np.concatenate([np.arange(a, b) for a, b in bounds])
+        return self.matrix.row_ranges(bounds), rows
 
     def read_chunk(self, chunk: int) -> tuple[sp.csr_matrix, np.ndarray]:
         """Counts of one block of rows and the row numbers of its cells."""

@@ -118,38 +118,41 @@ class ChunkSource:
                 "processes or more cells"
             )
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        remaining = len(self)
-        for block, rows in self._shuffled_buffers(mine, rng):
-            n_full = min(len(rows) // self.batch_size, remaining)
-            for k in range(n_full):
-                part = slice(k * self.batch_size, (k + 1) * self.batch_size)
-                yield self._minibatch(block[part], rows[part])
-            remaining -= n_full
-            if remaining == 0:
-                return
+        batches = self._shuffled_minibatches(mine, rng)
+        for _ in range(len(self)):
+            yield next(batches)
 
-    def _shuffled_buffers(
+    def _shuffled_minibatches(
         self, chunks: np.ndarray, rng: np.random.Generator
-    ) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
-        """Endless buffers of ``buffer_chunks`` blocks, rows shuffled. The cells left over
-        after the last full minibatch of a buffer are carried into the next one. After the
-        last block the share starts over in a new order: a rank whose share holds fewer full
-        minibatches than the common count goes round again rather than fall out of step."""
+    ) -> Iterator[Minibatch]:
+        """Endless full minibatches from buffers of ``buffer_chunks`` blocks, each buffer's
+        rows in a random order; the cells left over are carried into the next buffer. After
+        the last block the share starts over in a new order: a rank whose share holds fewer
+        full minibatches than the common count goes round again rather than fall out of step
+        with the others."""
         carry_block, carry_rows = None, np.empty(0, dtype=np.int64)
+        size = self.batch_size
         while True:
             for start in range(0, len(chunks), self.buffer_chunks):
-                blocks = [] if carry_block is None else [carry_block]
-                rows = [carry_rows]
-                for chunk in chunks[start : start + self.buffer_chunks]:
-                    block, chunk_rows = self.data.read_chunk(int(chunk))
-                    blocks.append(block)
-                    rows.append(chunk_rows)
-                block, rows = sp.vstack(blocks, format="csr"), np.concatenate(rows)
+                block, rows = self.data.read_chunks(chunks[start : start + self.buffer_chunks])
+                # Minibatches gather their rows from the buffer: no shuffled copy of it.
                 order = rng.permutation(len(rows))
-                block, rows = block[order], rows[order]
-                n_used = len(rows) // self.batch_size * self.batch_size
-                carry_block, carry_rows = block[n_used:], rows[n_used:]
-                yield block[:n_used], rows[:n_used]
+                if len(carry_rows):
+                    need = min(size - len(carry_rows), len(order))
+                    head, order = order[:need], order[need:]
+                    carry_block = sp.vstack([carry_block, block[head]], format="csr")
+                    carry_rows = np.concatenate([carry_rows, rows[head]])
+                    if len(carry_rows) == size:
+                        yield self._minibatch(carry_block, carry_rows)
+                        carry_rows = carry_rows[:0]
+                n_used = len(order) // size * size
+                for k in range(0, n_used, size):
+                    part = order[k : k + size]
+                    yield self._minibatch(block[part], rows[part])
+                left = order[n_used:]
+                if len(left):
+                    carry_block, carry_rows = block[left], rows[left]
+                del block  # free this buffer before the next one is read
             chunks = rng.permutation(chunks)
 
     def _minibatch(self, counts: sp.csr_matrix, rows: np.ndarray) -> Minibatch:
@@ -185,7 +188,7 @@ def streaming_sources(
     )
     val = None
     if n_val:
-        val = ChunkSource(data, order[:n_val], batch_size=1024, device=device)
+        val = ChunkSource(data, order[:n_val], batch_size=256, device=device)
     return train, val
 
 
@@ -202,25 +205,28 @@ def embed_streaming(module, data: StreamingData, *, batch_size: int = 1024) -> n
     module.eval()
     device = next(module.parameters()).device
     rank, world = ddp.rank_world()
-    parts, all_rows = [], []
-    for chunk in range(rank, data.n_chunks, world):
-        block, rows = data.read_chunk(chunk)
-        check_block(block, rows[0], data.matrix.where, data.cell_names, data.gene_names)
+    mine = range(rank, data.n_chunks, world)
+    rows = np.concatenate([np.arange(*data.chunk_bounds(c)) for c in mine] or [np.zeros(0, int)])
+    # Filled in place: keeping each minibatch's output tensor alive instead would pin small
+    # blocks all over the heap and keep the freed buffers around them from being returned.
+    local = np.empty((len(rows), module.n_latent), dtype=np.float32)
+    filled = 0
+    for chunk in mine:
+        block, chunk_rows = data.read_chunk(chunk)
+        check_block(block, chunk_rows[0], data.matrix.where, data.cell_names, data.gene_names)
         library = np.asarray(block.sum(axis=1), dtype=np.float32).ravel()
         if (library <= 0).any():
-            cell = data.cell_names[rows[np.flatnonzero(library <= 0)[0]]]
+            cell = data.cell_names[chunk_rows[np.flatnonzero(library <= 0)[0]]]
             raise ValueError(
                 f"cell {cell!r} has zero total counts over the model's genes in "
                 f"{data.matrix.where}; remove such cells first"
             )
-        for k in range(0, len(rows), batch_size):
+        for k in range(0, len(chunk_rows), batch_size):
             part = slice(k, k + batch_size)
             x = torch.from_numpy(block[part].toarray()).to(device)
             lib = torch.from_numpy(library[part]).to(device)
-            b = torch.from_numpy(data.batch_index[rows[part]]).to(device)
-            parts.append(module.encode(x, lib, b, None)[0].cpu().numpy())
-        all_rows.append(rows)
-    n_latent = module.n_latent
-    local = np.concatenate(parts) if parts else np.zeros((0, n_latent), np.float32)
-    rows = np.concatenate(all_rows) if all_rows else np.zeros(0, np.int64)
-    return ddp.all_gather_rows(local.astype(np.float32), rows, data.n_cells)
+            b = torch.from_numpy(data.batch_index[chunk_rows[part]]).to(device)
+            z = module.encode(x, lib, b, None)[0]
+            local[filled : filled + len(z)] = z.cpu().numpy()
+            filled += len(z)
+    return ddp.all_gather_rows(local, rows, data.n_cells)

@@ -112,6 +112,21 @@ def wrap_for_training(module: nn.Module, loss_fn) -> nn.Module:
     return nn.parallel.DistributedDataParallel(wrapper, device_ids=ids)
 
 
+def assert_in_sync(module: nn.Module) -> None:
+    """Raise unless every rank holds exactly the same parameters (DDP keeps them equal: a
+    difference means the ranks fell out of step, and no rank's model can be trusted)."""
+    if not is_distributed():
+        return
+    device = _reduce_device()
+    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()]).to(device)
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    if not torch.equal(high, low):
+        raise RuntimeError("the ranks' parameters differ after training: ranks out of step")
+    logger.info("parameters identical on all %d ranks", dist.get_world_size())
+
+
 def init_from_environment() -> bool:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 

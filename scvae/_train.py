@@ -203,6 +203,7 @@ def train(
             bar.set_postfix(postfix, refresh=False)
     if early_stopping and best_state is not None:
         module.load_state_dict(best_state)
+    ddp.assert_in_sync(module)
     module.eval()
     if not history["validation_elbo"]:
         del history["validation_elbo"]

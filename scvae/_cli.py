@@ -65,6 +65,8 @@ def add_commands(commands) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run ``fit`` or ``embed``; returns the exit status."""
     distributed = ddp.init_from_environment()
+    if ddp.rank_world()[0] > 0:  # one copy of the log: rank 0's (warnings from all ranks)
+        logging.getLogger("scvae").setLevel(logging.WARNING)
     try:
         if args.command == "fit":
             _fit(args, distributed)

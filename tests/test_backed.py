@@ -165,9 +165,9 @@ def test_backed_fit_of_50k_cells_recovers_groups_within_bounded_memory(tmp_path)
     assert increase < 0.5 * n_cells * n_genes * 4, f"peak RSS rose by {increase / 2**20:.0f} MiB"
 
     backed = anndata.read_h5ad(path, backed="r")
-    scvae.fit(backed, batch_key="batch", max_epochs=8, progress=False)
+    scvae.fit(backed, batch_key="batch", max_epochs=4, progress=False)
     memory = anndata.read_h5ad(path)
-    scvae.fit(memory, batch_key="batch", max_epochs=8, progress=False)
+    scvae.fit(memory, batch_key="batch", max_epochs=4, progress=False)
     sample = np.random.default_rng(0).choice(n_cells, 10_000, replace=False)
     labels = memory.obs["cell_type"].to_numpy()[sample]
     acc_backed = metrics.knn_scores(backed.obsm["X_scvae"][sample], labels)["accuracy"]

@@ -18,6 +18,7 @@ from ._batches import MinibatchSource
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
 from ._module import SCVAEModule
+from ._reference import build_reference
 from ._stream import streaming_sources
 from ._train import train
 from ._version import __version__
@@ -261,6 +262,7 @@ def fit_counts(
             patience=patience,
             progress=progress,
         )
+        reference = build_reference(module, data, labels_key=labels_key, device=device, seed=seed)
     return SCVAE(
         module,
         gene_names=data.gene_names,
@@ -272,6 +274,7 @@ def fit_counts(
         mask_layer=mask_layer,
         settings=settings,
         history=history,
+        reference=reference,
     )
 
 

@@ -16,6 +16,7 @@ from anndata import AnnData
 from ._data import align_genes
 from ._model import SCVAE
 from ._module import SCVAEModule
+from ._reference import LatentReference
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def save(model: SCVAE, path: str | Path, *, overwrite: bool = False) -> Path:
         "mask_layer": model.mask_layer,
         "settings": model.settings,
         "history": model.history,
+        "reference": None if model.reference is None else model.reference.to_dict(),
     }
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     torch.save(state, path / WEIGHTS)
@@ -91,6 +93,7 @@ def load(
             f"{path}: config lists {len(config['gene_names'])} genes for a "
             f"model of {config['module']['n_genes']}"
         )
+    reference = config.get("reference")
     module = SCVAEModule(**config["module"])
     state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
     module.load_state_dict(state)
@@ -108,4 +111,5 @@ def load(
         mask_layer=config.get("mask_layer"),
         settings=config["settings"],
         history=config["history"],
+        reference=LatentReference.from_dict(reference) if reference else None,
     )

@@ -13,6 +13,7 @@ from anndata import AnnData
 from ._batches import MinibatchSource
 from ._data import CountData, prepare_counts
 from ._module import SCVAEModule, importance_log_likelihood
+from ._reference import LatentReference
 from ._train import evaluate_elbo
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class SCVAE:
         The arguments of the fit.
     history
         Per-epoch training loss, validation ELBO, KL weight and epoch time.
+    reference
+        Latent regions and library sizes of the training cells per type and batch, what
+        :func:`scvae.generate` draws new cells from.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class SCVAE:
         settings: dict[str, Any],
         mask_layer: str | None = None,
         history: dict[str, list[float]],
+        reference: LatentReference | None = None,
     ) -> None:
         self.module = module
         self.gene_names = list(gene_names)
@@ -64,6 +69,7 @@ class SCVAE:
         self.mask_layer = mask_layer
         self.settings = dict(settings)
         self.history = {k: list(v) for k, v in history.items()}
+        self.reference = reference
 
     def __repr__(self) -> str:
         m = self.module

@@ -224,3 +224,12 @@ def test_cli_fit_then_embed_a_file(backed_file, tmp_path):
     )
     with pytest.raises(ValueError, match=r"input file, opened read-only.*new file"):
         main(["embed", str(path), "--model", str(model_dir), "--out", str(path)])
+
+
+def test_model_fitted_on_backed_file_generates_cells_of_a_type(backed_file):
+    path, _ = backed_file
+    backed = anndata.read_h5ad(path, backed="r")
+    model = scvae.fit(backed, labels_key="cell_type", max_epochs=2, progress=False)
+    generated = scvae.generate(model, 20, cell_type="group_1")
+    assert generated.shape == (20, 200)
+    assert (generated.obs["cell_type"] == "group_1").all()

@@ -112,7 +112,7 @@ class ChunkSource:
         self.epoch += 1
         shared = np.random.default_rng([self.seed, self.epoch])
         mine = shared.permutation(self.chunks)[self.rank :: self.world]
-        if len(mine) == 0:
+        if len(self.chunks) < self.world:  # the same on every rank: all raise, none hangs
             raise ValueError(
                 f"{self.world} ranks share {len(self.chunks)} training blocks: use fewer "
                 "processes or more cells"

@@ -1,10 +1,12 @@
-"""Command line: ``python -m scvae demo`` (or the ``scvae`` console script)."""
+"""Command line: ``python -m scvae demo|fit|embed`` (or the ``scvae`` console script)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+
+from ._cli import add_commands, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="scvae_demo", help="output folder (default: scvae_demo)")
     demo.add_argument("--quick", action="store_true", help="small, short run (smoke test)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_commands(commands)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -28,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
         scores = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         sys.stdout.write(format_table(scores) + f"\n\nwritten to {args.out}/\n")
-    return 0
+        return 0
+    return run_command(args)
 
 
 if __name__ == "__main__":

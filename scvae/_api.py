@@ -12,14 +12,16 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ._balance import balance_weights, check_balance, cluster_labels, label_head
-from ._batches import MinibatchSource
+from ._backed import StreamingData
+from ._balance import check_balance, cluster_labels, label_head
 from ._checkpoint import Checkpointing, fit_identity
 from ._data import CountData, missing_genes, prepare_counts
 from ._model import SCVAE
 from ._module import SCVAEModule
 from ._reference import LatentReference, build_reference
 from ._results import report_all_zero_genes, write_results
+from ._sources import memory_sources
+from ._stream import streaming_sources
 from ._train import NonFiniteLossError, train
 
 logger = logging.getLogger(__name__)
@@ -168,9 +170,18 @@ def fit(
     >>> adata.obsm["X_scvae"].shape
     (500, 10)
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")  # doctest: +SKIP
+
+    A disk-backed AnnData (``anndata.read_h5ad(path, backed="r")``) is streamed from its file
+    in blocks of rows, in bounded memory; inside a ``torch.distributed`` process group (e.g.
+    under ``torchrun``) each process trains on its share with DistributedDataParallel. See
+    ``docs/scaling.md``.
     """
     options = {k: v for k, v in locals().items() if k not in ("adata", "key_added")}
     check_balance(balance, labels_key=labels_key, batch_key=batch_key)
+    if isinstance(adata, AnnData) and adata.isbacked:
+        from ._backed_fit import fit_backed
+
+        return fit_backed(adata, key_added=key_added, **options)
     data = prepare_counts(
         adata, layer=layer, batch_key=batch_key, labels_key=labels_key, mask_layer=mask_layer
     )
@@ -188,7 +199,7 @@ def fit(
 
 
 def fit_counts(
-    data: CountData,
+    data: CountData | StreamingData,
     *,
     validation_indices: np.ndarray | None = None,
     sample_weights: np.ndarray | None = None,
@@ -264,19 +275,41 @@ def fit_counts(
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        if validation_indices is None:
-            train_idx, val_idx = _split(data.n_cells, validation_fraction, rng, early_stopping)
+        if isinstance(data, StreamingData):
+            train_source, val_source = streaming_sources(
+                data,
+                validation_fraction=validation_fraction,
+                early_stopping=early_stopping,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+            )
+            library_scale = train_source.median_library()
+            if balance is not None:
+                raise NotImplementedError(
+                    "balance= is not supported for disk-backed data yet; load the cells "
+                    "with adata.to_memory() to balance them"
+                )
+            head = {}
         else:
-            val_idx = np.asarray(validation_indices)
-            train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
-        head = {}
-        if balance == "labels":
-            names = data.label_categories if settings["balance"] == "labels" else None
-            head = label_head(head_labels[train_idx], names, classification_weight)
-        elif balance == "batch":
-            sample_weights = np.zeros(data.n_cells)
-            sample_weights[train_idx] = balance_weights(data.batch_index[train_idx])
+            labelled = replace(data, labels=head_labels) if balance == "labels" else data
+            train_source, val_source, train_idx = memory_sources(
+                labelled,
+                validation_indices,
+                validation_fraction,
+                early_stopping,
+                batch_size,
+                device,
+                seed,
+                sample_weights,
+                with_labels=balance == "labels",
+                balance_batches=balance == "batch",
+            )
+            library_scale = float(np.median(data.library[train_source.indices]))
+            head = {}
+            if balance == "labels":
+                names = data.label_categories if settings["balance"] == "labels" else None
+                head = label_head(head_labels[train_idx], names, classification_weight)
         module = SCVAEModule(
             data.n_genes,
             len(data.batch_categories),
@@ -287,28 +320,13 @@ def fit_counts(
             dispersion=dispersion,
             dropout=dropout,
             encode_mask=data.missing is not None,
-            library_scale=float(np.median(data.library[train_idx])),
+            library_scale=library_scale,
             **head,
         ).to(device)
-        labelled = replace(data, labels=head_labels) if head else data
-        train_source = MinibatchSource(
-            labelled,
-            train_idx,
-            batch_size=batch_size,
-            shuffle=True,
-            device=device,
-            rng=rng,
-            drop_last=True,
-            sample_weights=None if sample_weights is None else sample_weights[train_idx],
-            with_labels=bool(head),
-        )
-        val_source = None
-        if len(val_idx):
-            val_source = MinibatchSource(data, val_idx, batch_size=256, device=device)
         logger.info(
             "training on %d cells (%d held out for validation), %d genes, %s, up to %d epochs",
-            len(train_idx),
-            len(val_idx),
+            train_source.n_cells,
+            0 if val_source is None else val_source.n_cells,
             data.n_genes,
             device,
             max_epochs,
@@ -373,15 +391,3 @@ def _check_options(data: CountData, settings: dict[str, Any]) -> None:
         raise ValueError(f"kl_warmup must be >= 0, got {settings['kl_warmup']!r}")
     if not math.isfinite(settings["beta"]):
         raise ValueError(f"beta must be finite, got {settings['beta']!r}")
-
-
-def _split(
-    n_cells: int, fraction: float, rng: np.random.Generator, early_stopping: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
-    n_val = round(n_cells * fraction) if n_cells >= 100 else 0
-    if n_val == 0 and early_stopping and fraction > 0:
-        logger.info("fewer than 100 cells: no validation split, no early stopping")
-    order = rng.permutation(n_cells)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])

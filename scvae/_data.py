@@ -199,7 +199,11 @@ def _check_adata(adata: AnnData) -> None:
         raise ValueError(f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     if adata.isbacked:
         raise NotImplementedError(
-            "disk-backed AnnData is not supported yet: load it with adata.to_memory()"
+            f"adata is backed by the file {adata.filename} (opened {adata.file._filemode!r}): "
+            "scvae.fit and model.embed stream backed files, but this function needs the counts "
+            "in memory, and results written to layers cannot go into a read-only file. Load "
+            "the cells you need with adata.to_memory() (or adata[cells].to_memory()) and "
+            "write the results to a new file with adata.write_h5ad('new.h5ad')"
         )
     _check_unique_genes(adata.var_names)
     if not adata.obs_names.is_unique:

@@ -125,7 +125,8 @@ class SCVAE:
         Parameters
         ----------
         adata
-            Cells to embed, raw counts in the layer the model was fitted on.
+            Cells to embed, raw counts in the layer the model was fitted on. A disk-backed
+        AnnData is read from its file block by block, in bounded memory.
         layer
             Override the layer recorded at fit time (``None`` reads ``X``).
         batch_size
@@ -140,6 +141,10 @@ class SCVAE:
         >>> z = model.embed(new_adata)  # doctest: +SKIP
         >>> new_adata.obsm["X_scvae"] = z  # doctest: +SKIP
         """
+        if isinstance(adata, AnnData) and adata.isbacked:
+            from ._backed_fit import embed_backed
+
+            return embed_backed(self, adata, layer=layer, batch_size=batch_size)
         return self.embed_data(self.prepare(adata, layer=layer), batch_size=batch_size)
 
     @torch.no_grad()

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._backed import StreamingData
 from ._batches import MinibatchSource
 from ._data import CountData
+from ._stream import ChunkSource
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +146,7 @@ def _key(cell_type: str | None, batch: str | None) -> str:
 @torch.no_grad()
 def build_reference(
     module,
-    data: CountData,
+    data: CountData | StreamingData,
     *,
     labels_key: str | None,
     device: torch.device,
@@ -157,19 +159,29 @@ def build_reference(
     size scaled up by the model's expected share of their observed genes.
     """
     module.eval()
-    locs, variances, library = [], [], []
-    for b in MinibatchSource(data, batch_size=1024, device=device):
-        loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)
-        locs.append(loc.cpu().numpy())
-        variances.append(scale.square().cpu().numpy())
+    if isinstance(data, StreamingData):  # a backed file: every cell, block by block
+        source = ChunkSource(data, np.arange(data.n_chunks), batch_size=1024, device=device)
+        source.rank, source.world = 0, 1  # every rank summarises all cells, identically
+    else:
+        source = MinibatchSource(data, batch_size=1024, device=device)
+    # Filled in place rather than collected per minibatch: small arrays kept alive between
+    # the minibatches' large freed buffers keep the heap from shrinking (~2 kB per cell).
+    loc = np.empty((data.n_cells, module.n_latent))
+    var = np.empty((data.n_cells, module.n_latent))
+    log_library = np.empty(data.n_cells)
+    filled = 0
+    for b in source:
+        z_loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)
         lib = b.library
         if b.mask is not None:
-            share = module.decode(loc, torch.ones_like(lib), b.batch_index).mean
+            share = module.decode(z_loc, torch.ones_like(lib), b.batch_index).mean
             lib = lib / (share * b.mask).sum(-1).clamp(min=1e-3)
-        library.append(lib.cpu().numpy())
-    loc = np.concatenate(locs).astype(np.float64)
-    var = np.concatenate(variances).astype(np.float64)
-    log_library = np.log(np.maximum(np.concatenate(library), 1.0))
+        rows = slice(filled, filled + len(lib))
+        loc[rows] = z_loc.cpu().numpy()
+        var[rows] = scale.square().cpu().numpy()
+        log_library[rows] = lib.cpu().numpy()
+        filled += len(lib)
+    log_library = np.log(np.maximum(log_library, 1.0))
 
     rng = np.random.default_rng(seed)
     labels = data.labels if data.labels is not None else np.full(data.n_cells, -1)

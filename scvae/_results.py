@@ -47,10 +47,18 @@ def versions() -> dict[str, str]:
 
 
 def write_results(
-    adata: AnnData, model: SCVAE, data: CountData, key_added: str, zero_genes: list[str]
+    adata: AnnData,
+    model: SCVAE,
+    data: CountData,
+    key_added: str,
+    zero_genes: list[str],
+    *,
+    embedding: np.ndarray | None = None,
 ) -> None:
+    """Write the embedding (``embedding``, or computed from ``data``) and the fit's record."""
     obsm_key = f"X_{key_added}"
-    embedding = model.embed_data(data)
+    if embedding is None:
+        embedding = model.embed_data(data)
     if not np.isfinite(embedding).all():
         bad = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
         raise FloatingPointError(

@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -21,6 +22,7 @@ from scipy.special import gammaln
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
+from . import _distributed as ddp
 from ._batches import MinibatchSource
 from ._checkpoint import Checkpointing
 from ._module import SCVAEModule
@@ -43,6 +45,8 @@ def kl_weight_at(epoch: float, *, beta: float, warmup_epochs: float) -> float:
 def _log_factorial_per_cell(source: MinibatchSource) -> float:
     """Mean over the source's cells of sum_g lgamma(x_g + 1): the constant the training
     objective leaves out, added back so that reported losses are exact."""
+    if hasattr(source, "log_factorial_per_cell"):  # a source streamed from disk
+        return source.log_factorial_per_cell()
     # Zeros contribute lgamma(1) = 0: the stored values of the rows are all that is needed.
     values = source.data.counts[source.indices].data
     return float(gammaln(values + 1.0).sum() / max(source.n_cells, 1))
@@ -88,8 +92,12 @@ def _step_loss(module: SCVAEModule, batch, kl_weight: float, exact: bool) -> tor
 
 
 @torch.no_grad()
-def evaluate_elbo(module: SCVAEModule, source: MinibatchSource) -> float:
-    """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample)."""
+def evaluate_elbo(
+    module: SCVAEModule, source: MinibatchSource, *, distributed: bool = False
+) -> float:
+    """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample).
+
+    ``distributed``: each rank holds part of the cells; the mean is over all ranks' cells."""
     was_training = module.training
     module.eval()
     total, n = 0.0, 0
@@ -98,6 +106,8 @@ def evaluate_elbo(module: SCVAEModule, source: MinibatchSource) -> float:
             total += float(_step_loss(module, batch, 1.0, True)) * batch.x.shape[0]
             n += batch.x.shape[0]
     module.train(was_training)
+    if distributed:
+        total, n = ddp.all_reduce_sum(np.array([total, n], dtype=np.float64))[0]
     return -total / max(n, 1)
 
 
@@ -158,8 +168,12 @@ def _non_finite_error(
         value = "finite"
     else:
         step_text, batch, value = f"step {step}", step, f"{float(losses[step])}"
-    rows = source.order[batch * source.batch_size : (batch + 1) * source.batch_size]
-    cells = [source.data.cell_names[i] for i in rows]
+    order = getattr(source, "order", None)  # a disk stream does not keep its order
+    names = getattr(source.data, "cell_names", None)
+    rows = (
+        [] if order is None else order[batch * source.batch_size : (batch + 1) * source.batch_size]
+    )
+    cells = [] if names is None else [names[i] for i in rows]
     shown = ", ".join(map(repr, cells[:5])) + (" ..." if len(cells) > 5 else "")
     message = (
         f"training became non-finite at epoch {epoch}, {step_text} (loss {value}; "
@@ -198,6 +212,11 @@ def train(
     state is written every ``checkpointing.every`` epochs, and training continues from
     ``checkpointing.resume_state`` when one is given.
 
+    Inside a ``torch.distributed`` process group the loss runs through DistributedDataParallel
+    (gradients all-reduced each step); each rank's sources hold its own share of the cells and
+    the same number of minibatches. The training loss and validation ELBO are all-reduced, so
+    every rank makes the same early-stopping decision; only rank 0 shows progress.
+
     Returns
     -------
     History with ``train_loss`` (the training objective per cell, the negative beta-weighted
@@ -205,6 +224,8 @@ def train(
     ``epoch_seconds``, one entry per completed epoch; ``interrupted_at_epoch`` (one value)
     after an interrupt.
     """
+    distributed = ddp.is_distributed()
+    step_loss = ddp.wrap_for_training(module, _step_loss)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     constant = _log_factorial_per_cell(train_source)
     steps_per_epoch = max(len(train_source), 1)
@@ -231,7 +252,7 @@ def train(
         total=max_epochs,
         desc="scvae",
         unit="epoch",
-        disable=not progress,
+        disable=not progress or ddp.rank_world()[0] > 0,
     )
     module.train()
     epoch = start
@@ -246,23 +267,29 @@ def train(
                         beta=beta,
                         warmup_epochs=kl_warmup_epochs,
                     )
-                    loss = _step_loss(module, batch, kl_weight, False)
+                    loss = step_loss(batch, kl_weight)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     losses[step] = loss.detach()
-                finite = torch.isfinite(losses).all() & _parameters_finite(module)
-                if not bool(finite):  # the one host sync of the epoch
+                # The one host sync of the epoch (with DDP: one all-reduce, so that every
+                # rank stops together).
+                finite = bool(torch.isfinite(losses).all() & _parameters_finite(module))
+                total = float(losses.sum())
+                if distributed:
+                    summed = ddp.all_reduce_sum(np.array([total, 0.0 if finite else 1.0]))[0]
+                    total, finite = summed[0] / ddp.rank_world()[1], summed[1] == 0
+                if not finite:
                     module.load_state_dict(last_state)
                     raise _non_finite_error(train_source, losses, epoch, lr)
                 record = {
-                    "train_loss": float(losses.sum()) / steps_per_epoch + constant,
+                    "train_loss": total / steps_per_epoch + constant,
                     "kl_weight": kl_weight,
                 }
                 postfix = {"loss": f"{record['train_loss']:.1f}"}
                 stop = False
                 if validation_source is not None:
-                    val = evaluate_elbo(module, validation_source)
+                    val = evaluate_elbo(module, validation_source, distributed=distributed)
                     if not math.isfinite(val):
                         module.load_state_dict(last_state)
                         raise NonFiniteLossError(
@@ -286,7 +313,8 @@ def train(
                 for key, value in record.items():
                     history[key].append(value)
                 last_state = _snapshot(module)
-                if checkpointing is not None and checkpointing.due(epoch + 1):
+                writes = checkpointing is not None and ddp.rank_world()[0] == 0
+                if writes and checkpointing.due(epoch + 1):
                     checkpointing.write(
                         {
                             "epoch": epoch + 1,
@@ -324,6 +352,7 @@ def train(
         bar.close()
     if early_stopping and best_state is not None:
         module.load_state_dict(best_state)
+    ddp.assert_in_sync(module)
     module.eval()
     if not history["validation_elbo"]:
         del history["validation_elbo"]

@@ -16,7 +16,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-__all__ = ["data_dir", "pbmc68k_reduced_counts", "read", "simulate"]
+from ._simulate_file import simulate_h5ad
+
+__all__ = ["data_dir", "pbmc68k_reduced_counts", "read", "simulate", "simulate_h5ad"]
 
 DATA_DIR_VARIABLE = "SCVAE_DATA_DIR"
 

@@ -159,13 +159,13 @@ def test_auto_balance_finds_classes_without_labels(small_adata):
 
 
 def test_balance_batch_samples_each_batch_equally(small_adata, monkeypatch):
-    import scvae._api
+    import scvae._sources
 
     adata = small_adata[
         (small_adata.obs["batch"] == "batch_0").to_numpy() | (np.arange(600) % 6 == 0)
     ].copy()
     seen = {}
-    original = scvae._api.MinibatchSource
+    original = scvae._sources.MinibatchSource
 
     def recording(data, indices=None, **kwargs):
         if kwargs.get("shuffle"):
@@ -173,7 +173,7 @@ def test_balance_batch_samples_each_batch_equally(small_adata, monkeypatch):
             seen["batch"] = data.batch_index[indices]
         return original(data, indices, **kwargs)
 
-    monkeypatch.setattr(scvae._api, "MinibatchSource", recording)
+    monkeypatch.setattr(scvae._sources, "MinibatchSource", recording)
     quick_fit(adata, batch_key="batch", balance="batch", max_epochs=2)
     totals = np.bincount(seen["batch"], weights=seen["p"])
     assert np.bincount(seen["batch"])[1] < np.bincount(seen["batch"])[0] / 3  # uneven batches

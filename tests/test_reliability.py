@@ -100,8 +100,8 @@ def test_keyboard_interrupt_with_early_stopping_keeps_the_best_epoch(monkeypatch
     scripted = iter([-10.0, -5.0, -8.0, -9.0, -7.0, -6.0])
     evaluate = _train.evaluate_elbo
 
-    def scripted_elbo(module, source):
-        evaluate(module, source)
+    def scripted_elbo(module, source, **kwargs):
+        evaluate(module, source, **kwargs)
         return next(scripted)
 
     monkeypatch.setattr(_train, "evaluate_elbo", scripted_elbo)

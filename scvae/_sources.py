@@ -1,0 +1,84 @@
+"""Which cells train and which validate, per process: the in-memory minibatch sources of a fit."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from . import _distributed as ddp
+from ._balance import balance_weights
+from ._batches import MinibatchSource
+from ._data import CountData
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["memory_sources", "split_cells"]
+
+
+def memory_sources(
+    data: CountData,
+    validation_indices: np.ndarray | None,
+    validation_fraction: float,
+    early_stopping: bool,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    sample_weights: np.ndarray | None,
+    *,
+    with_labels: bool = False,
+    balance_batches: bool = False,
+) -> tuple[MinibatchSource, MinibatchSource | None, np.ndarray]:
+    """Training and validation minibatches of in-memory counts, and all training cells.
+
+    Inside a process group each rank takes an equal share of the training cells (the
+    remainder of the division is left out, so that all ranks take the same number of steps)
+    and its share of the validation cells. ``balance_batches``: each batch of the rank's
+    training cells is drawn with the same total probability."""
+    rng = np.random.default_rng(seed)
+    if validation_indices is None:
+        train_idx, val_idx = split_cells(data.n_cells, validation_fraction, rng, early_stopping)
+    else:
+        val_idx = np.asarray(validation_indices)
+        train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
+    all_train_idx = train_idx
+    weights = None if sample_weights is None else sample_weights[train_idx]
+    validating = len(val_idx) > 0
+    rank, world = ddp.rank_world()
+    if world > 1:
+        share = len(train_idx) // world
+        mine = rng.permutation(len(train_idx))[rank * share : (rank + 1) * share]
+        train_idx = train_idx[np.sort(mine)]
+        weights = None if weights is None else weights[np.sort(mine)]
+        val_idx = val_idx[rank::world]
+        rng = np.random.default_rng([seed, rank])
+    if balance_batches:
+        weights = balance_weights(data.batch_index[train_idx])
+    train_source = MinibatchSource(
+        data,
+        train_idx,
+        batch_size=batch_size,
+        shuffle=True,
+        device=device,
+        rng=rng,
+        drop_last=True,
+        sample_weights=weights,
+        with_labels=with_labels,
+    )
+    val_source = None
+    if validating:
+        val_source = MinibatchSource(data, val_idx, batch_size=256, device=device)
+    return train_source, val_source, all_train_idx
+
+
+def split_cells(
+    n_cells: int, fraction: float, rng: np.random.Generator, early_stopping: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
+    n_val = round(n_cells * fraction) if n_cells >= 100 else 0
+    if n_val == 0 and early_stopping and fraction > 0:
+        logger.info("fewer than 100 cells: no validation split, no early stopping")
+    order = rng.permutation(n_cells)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

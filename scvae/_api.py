@@ -16,6 +16,7 @@ from ._backed import StreamingData
 from ._balance import check_balance, cluster_labels, label_head
 from ._checkpoint import Checkpointing, fit_identity
 from ._data import CountData, missing_genes, prepare_counts
+from ._device import resolve_device
 from ._model import SCVAE
 from ._module import SCVAEModule
 from ._reference import LatentReference, build_reference
@@ -26,27 +27,7 @@ from ._train import NonFiniteLossError, train
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_max_epochs", "fit", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other values as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:0'"
-        ) from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={str(device)!r} was asked for but CUDA is not available: "
-            "use device='cpu' (or 'auto')"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={str(device)!r} is not supported: use 'cpu' or 'cuda'")
-    return device
+__all__ = ["default_max_epochs", "fit"]
 
 
 def default_max_epochs(n_cells: int) -> int:

@@ -212,7 +212,7 @@ def _sample_counts(
     chunk_size: int,
     progress: bool,
 ) -> sp.csr_matrix:
-    from ._model import _cuda_devices
+    from ._device import cuda_devices
 
     module = model.module.eval()
     device = model.device
@@ -221,7 +221,7 @@ def _sample_counts(
     else:
         codes = np.zeros(len(z), dtype=np.int64)
     parts = []
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
+    with torch.random.fork_rng(devices=cuda_devices(device)):
         torch.manual_seed(seed)
         starts = range(0, len(z), chunk_size)
         for start in tqdm(starts, desc="generating", disable=not progress, unit="chunk"):

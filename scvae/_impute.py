@@ -18,8 +18,9 @@ from anndata import AnnData
 
 from ._batches import MinibatchSource
 from ._data import CountData, align_genes, prepare_counts
+from ._device import cuda_devices
 from ._distributions import CountDistribution
-from ._model import SCVAE, _cuda_devices
+from ._model import SCVAE
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 METHODS = ("model", "mean", "random")
+POINTS = ("mean", "median")
 
 
 def impute(
@@ -42,6 +44,7 @@ def impute(
     layer: str | type | None = ...,
     mask_layer: str | type | None = ...,
     interval: float | None = None,
+    point: str = "mean",
     n_samples: int = 200,
     key_added: str = "scvae",
     seed: int = 0,
@@ -50,8 +53,8 @@ def impute(
     """Fill the missing entries of the counts; keep every observed value as it is.
 
     Writes ``adata.layers[f"{key_added}_imputed"]``: the counts with each missing entry
-    replaced by its posterior predictive mean ``E[x | observed entries of the cell]`` (or a
-    baseline's guess), observed entries copied bitwise. With ``interval``, also
+    replaced by its posterior predictive mean ``E[x | observed entries of the cell]`` (or
+    median, or a baseline's guess), observed entries copied bitwise. With ``interval``, also
     ``layers[f"{key_added}_lower"]`` and ``layers[f"{key_added}_upper"]``: an integer range
     holding about ``interval`` of the posterior predictive draws (z from the encoder, then
     counts) at missing entries (see :func:`count_interval`); at observed entries both equal
@@ -76,6 +79,11 @@ def impute(
         ``X``, no mask layer).
     interval
         Probability of the predictive interval, e.g. 0.9 (model only).
+    point
+        Which summary of the posterior predictive fills a missing entry (model only):
+        ``"mean"`` (default; unbiased, best for squared error and for sums over cells) or
+        ``"median"`` (an integer count; best for absolute error, e.g. on the log1p scale,
+        because most missing entries of a sparse gene are most likely zero).
     n_samples
         Posterior draws of z (and counts) per cell.
     key_added
@@ -98,6 +106,8 @@ def impute(
         raise ValueError("method='model' needs a fitted model: impute(adata, model)")
     if interval is not None and (method != "model" or not 0 < interval < 1):
         raise ValueError("interval must be in (0, 1) and needs method='model'")
+    if point not in POINTS or (point != "mean" and method != "model"):
+        raise ValueError(f"point must be one of {POINTS} (median needs method='model')")
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
     if method == "model":
@@ -121,7 +131,7 @@ def impute(
         fills = {"imputed": np.zeros(0, dtype=np.float32)}
     elif method == "model":
         rows, cols, fills = _posterior_predictive(
-            model, data, interval, n_samples, seed, batch_size
+            model, data, interval, point, n_samples, seed, batch_size
         )
     else:
         rows, cols = data.missing.nonzero()
@@ -178,7 +188,7 @@ def predictive_draws(
     """
     module = model.module.eval()
     source = MinibatchSource(data, batch_size=batch_size, device=model.device)
-    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(model.device)):
+    with torch.no_grad(), torch.random.fork_rng(devices=cuda_devices(model.device)):
         torch.manual_seed(seed)
         for start, b in zip(range(0, data.n_cells, batch_size), source, strict=True):
             if b.mask is None:
@@ -244,19 +254,25 @@ def _posterior_predictive(
     model: SCVAE,
     data: CountData,
     interval: float | None,
+    point: str,
     n_samples: int,
     seed: int,
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Predictive mean (and interval) at every missing entry."""
+    """Predictive mean or median (and interval) at every missing entry."""
     all_rows, all_cols, means, lowers, uppers = [], [], [], [], []
     for rows, cols, draws in predictive_draws(
         model, data, n_samples=n_samples, seed=seed, batch_size=batch_size
     ):
-        # Rao-Blackwellised: the mean of p(x | z) for each z, averaged over z.
-        means.append(torch.stack([d.mean for d in draws]).mean(0).cpu().numpy())
+        samples = None
+        if interval is not None or point == "median":
+            samples = torch.stack([d.sample() for d in draws])
+        if point == "median":
+            means.append(samples.median(0).values.cpu().numpy())
+        else:  # Rao-Blackwellised: the mean of p(x | z) for each z, averaged over z.
+            means.append(torch.stack([d.mean for d in draws]).mean(0).cpu().numpy())
         if interval is not None:
-            lower, upper = count_interval(torch.stack([d.sample() for d in draws]), interval)
+            lower, upper = count_interval(samples, interval)
             lowers.append(lower.cpu().numpy())
             uppers.append(upper.cpu().numpy())
         all_rows.append(rows.cpu().numpy())

@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from ._batches import MinibatchSource
 from ._data import CountData, prepare_counts
+from ._device import cuda_devices
 from ._module import SCVAEModule, importance_log_likelihood
 from ._reference import LatentReference
 from ._train import evaluate_elbo
@@ -221,7 +222,7 @@ class SCVAE:
         data = self.prepare(adata, layer=layer)
         self.module.eval()
         source = MinibatchSource(data, batch_size=batch_size, device=self.device)
-        with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+        with torch.random.fork_rng(devices=cuda_devices(self.device)):
             torch.manual_seed(seed)
             parts = [
                 importance_log_likelihood(
@@ -235,7 +236,7 @@ class SCVAE:
         """Mean ELBO per cell on ``adata`` (exact likelihood, KL weight 1, one z draw)."""
         data = self.prepare(adata, layer=layer)
         source = MinibatchSource(data, batch_size=1024, device=self.device)
-        with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+        with torch.random.fork_rng(devices=cuda_devices(self.device)):
             torch.manual_seed(seed)
             return evaluate_elbo(self.module, source)
 
@@ -250,7 +251,3 @@ class SCVAE:
         from ._io import save
 
         return save(self, path, overwrite=overwrite)
-
-
-def _cuda_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []

@@ -204,11 +204,11 @@ def compare_counts(
 
 @torch.no_grad()
 def _redraw(model: SCVAE, data, seed: int) -> sp.csr_matrix:
-    from ._model import _cuda_devices
+    from ._device import cuda_devices
 
     module = model.module.eval()
     parts = []
-    with torch.random.fork_rng(devices=_cuda_devices(model.device)):
+    with torch.random.fork_rng(devices=cuda_devices(model.device)):
         torch.manual_seed(seed)
         for b in MinibatchSource(data, batch_size=1024, device=model.device):
             loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)

@@ -695,6 +695,21 @@ def _(env):
     )
 
 
+@case("I15")
+def _(env):
+    a = with_holes(env)
+    expect_error(a, ValueError, r"point must be one of", scvae.impute, a, env.model, point="mode")
+    expect_error(
+        a,
+        ValueError,
+        r"median needs method='model'",
+        scvae.impute,
+        a,
+        method="mean",
+        point="median",
+    )
+
+
 @case("I02")
 def _(env):
     a = with_holes(env)

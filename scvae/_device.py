@@ -1,0 +1,31 @@
+"""Which device to compute on, and which CUDA devices a random-state fork must cover."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["cuda_devices", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other values as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:0'"
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} was asked for but CUDA is not available: "
+            "use device='cpu' (or 'auto')"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(device)!r} is not supported: use 'cpu' or 'cuda'")
+    return device
+
+
+def cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []

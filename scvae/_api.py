@@ -172,7 +172,7 @@ def fit(
             f"{len(unmeasured)} genes have every entry missing (e.g. {unmeasured[:5]}); "
             "nothing can be learnt about them: remove them before fitting"
         )
-    zero_genes = report_all_zero_genes(data)
+    zero_genes = report_all_zero_genes(data.gene_names, data.counts.sum(axis=0))
     model = fit_counts(data, **options)
     model.settings["key_added"] = key_added
     write_results(adata, model, data, key_added, zero_genes)

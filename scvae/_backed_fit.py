@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from ._backed import StreamingData, prepare_streaming
+from ._backed import prepare_streaming
 from ._stream import embed_streaming
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def fit_backed(adata: AnnData, *, key_added: str = "scvae", **options: Any):
     >>> model = scvae.fit(adata, batch_key="donor")  # doctest: +SKIP
     """
     from ._api import fit_counts
-    from ._results import write_results
+    from ._results import report_all_zero_genes, write_results
 
     data = prepare_streaming(
         adata,
@@ -40,7 +40,8 @@ def fit_backed(adata: AnnData, *, key_added: str = "scvae", **options: Any):
         labels_key=options.get("labels_key"),
         mask_layer=options.get("mask_layer"),
     )
-    zero_genes = _all_zero_genes(data)
+    # No filtering hint: a backed file cannot be filtered in place.
+    zero_genes = report_all_zero_genes(data.gene_names, data.gene_totals, hint="")
     model = fit_counts(data, **options)
     model.settings["key_added"] = key_added
     model.settings["backed"] = True
@@ -65,15 +66,3 @@ def embed_backed(model, adata: AnnData, *, layer: Any = ..., batch_size: int = 1
         return embed_streaming(model.module, data, batch_size=batch_size)
     finally:
         data.matrix.close()
-
-
-def _all_zero_genes(data: StreamingData) -> list[str]:
-    zero = [data.gene_names[i] for i in np.flatnonzero(data.gene_totals == 0)]
-    if zero:
-        logger.warning(
-            "%d genes have zero counts in every cell (e.g. %s); they are kept and will be "
-            "predicted near zero.",
-            len(zero),
-            ", ".join(zero[:5]),
-        )
-    return zero

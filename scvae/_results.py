@@ -21,15 +21,21 @@ logger = logging.getLogger(__name__)
 __all__ = ["report_all_zero_genes", "versions", "write_results"]
 
 
-def report_all_zero_genes(data: CountData) -> list[str]:
-    totals = np.asarray(data.counts.sum(axis=0)).ravel()
-    zero = [data.gene_names[i] for i in np.flatnonzero(totals == 0)]
+FILTER_HINT = " Filter them with sc.pp.filter_genes(adata, min_counts=1)."
+
+
+def report_all_zero_genes(
+    gene_names: list[str], totals: np.ndarray, *, hint: str = FILTER_HINT
+) -> list[str]:
+    """Names of the genes whose ``totals`` (counts summed over cells) are 0, with a warning."""
+    zero = [gene_names[i] for i in np.flatnonzero(np.asarray(totals).ravel() == 0)]
     if zero:
         logger.warning(
             "%d genes have zero counts in every cell (e.g. %s); they are kept and will be "
-            "predicted near zero. Filter them with sc.pp.filter_genes(adata, min_counts=1).",
+            "predicted near zero.%s",
             len(zero),
             ", ".join(zero[:5]),
+            hint,
         )
     return zero
 

@@ -233,3 +233,18 @@ def test_model_fitted_on_backed_file_generates_cells_of_a_type(backed_file):
     generated = scvae.generate(model, 20, cell_type="group_1")
     assert generated.shape == (20, 200)
     assert (generated.obs["cell_type"] == "group_1").all()
+
+
+def test_backed_fit_names_genes_with_no_counts(tmp_path, caplog):
+    adata = scvae.datasets.simulate(300, 40, n_groups=2, seed=5)
+    del adata.layers["counts"]
+    x = adata.X.tolil()
+    x[:, 7] = 0
+    adata.X = x.tocsr()
+    adata.X.eliminate_zeros()
+    adata.write_h5ad(tmp_path / "zero.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "zero.h5ad", backed="r")
+    scvae.fit(backed, max_epochs=2, progress=False)
+    assert list(backed.uns["scvae"]["all_zero_genes"]) == [adata.var_names[7]]
+    assert f"1 genes have zero counts in every cell (e.g. {adata.var_names[7]})" in caplog.text
+    assert "filter_genes" not in caplog.text  # a backed file cannot be filtered in place

@@ -42,7 +42,9 @@ def _rss_mb(field: str = "VmHWM") -> float:
     return float("nan")
 
 
-def child(path: Path, mode: str, max_steps: int, epochs: int, threads: int) -> None:
+def child(
+    path: Path, mode: str, max_steps: int, epochs: int, threads: int, batch_size: int
+) -> None:
     """One measurement in this (fresh) process; prints a JSON line (rank 0 only)."""
     import anndata
     import torch
@@ -71,10 +73,11 @@ def child(path: Path, mode: str, max_steps: int, epochs: int, threads: int) -> N
         early_stopping=False,
         progress=False,
         device="cpu",
+        batch_size=batch_size,
     )
     wall_s = time.perf_counter() - started
     rank, world = ddp.rank_world()
-    steps = min(max_steps, adata.n_obs // (128 * world))
+    steps = min(max_steps, adata.n_obs // (batch_size * world))
     seconds = model.history["epoch_seconds"]
     epoch_s = float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
     if distributed:
@@ -93,7 +96,8 @@ def child(path: Path, mode: str, max_steps: int, epochs: int, threads: int) -> N
             "threads": threads,
             "peak_rss_mb": peak,
             "baseline_rss_mb": baseline,
-            "train_cells_per_s": steps * 128 * world / epoch_s,
+            "batch_size": batch_size,
+            "train_cells_per_s": steps * batch_size * world / epoch_s,
             "read_s": read_s,
             "wall_s": wall_s,
             "steps": steps,
@@ -120,6 +124,8 @@ def measure(
         str(args.epochs if mode != "ddp" else args.ddp_epochs),
         "--threads",
         str(threads),
+        "--batch-size",
+        str(args.batch_size),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if processes > 1:
@@ -159,6 +165,7 @@ def main() -> None:
     parser.add_argument("--in-memory-max", type=int, default=300_000)
     parser.add_argument("--ddp-cells", type=int, default=100_000, help="file for DDP; 0: skip")
     parser.add_argument("--ddp-epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128, help="cells per step and process")
     parser.add_argument(
         "--no-threads-reference",
         dest="threads_reference",
@@ -171,7 +178,7 @@ def main() -> None:
     parser.add_argument("path", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.path, args.child, args.max_steps, args.epochs, args.threads)
+        child(args.path, args.child, args.max_steps, args.epochs, args.threads, args.batch_size)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -198,6 +205,7 @@ def main() -> None:
         ("mode", "mode", ""),
         ("processes", "processes", "d"),
         ("threads", "threads/process", "d"),
+        ("batch_size", "batch/process", "d"),
         ("peak_rss_mb", "peak RSS (MB)", ".0f"),
         ("baseline_rss_mb", "RSS after imports (MB)", ".0f"),
         ("dense_mb", "dense X (MB)", ".0f"),

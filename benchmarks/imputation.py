@@ -93,19 +93,14 @@ def evaluate_scvae(model, test_nan, truth, hidden, n_samples: int) -> dict[str, 
         for _, _, dists in predictive_draws(model, model.prepare(test_nan), n_samples=n_samples)
     ]
     pit = randomized_pit(np.concatenate(draws, axis=1), truth[rows, cols])
+    filled = test_nan.copy()
+    scvae.impute(filled, model, interval=0.9, n_samples=n_samples)
+    scvae.impute(filled, model, point="median", key_added="median", n_samples=n_samples)
+    layer = filled.layers
+    interval = (layer["scvae_lower"][rows, cols], layer["scvae_upper"][rows, cols])
     out = {}
-    for name, point in (("scvae", "mean"), ("scvae median", "median")):
-        filled = test_nan.copy()
-        scvae.impute(filled, model, interval=0.9, point=point, n_samples=n_samples)
-        layer = filled.layers
-        out[name] = scores(
-            layer["scvae_imputed"][rows, cols],
-            truth[rows, cols],
-            log_lik,
-            layer["scvae_lower"][rows, cols],
-            layer["scvae_upper"][rows, cols],
-            pit,
-        )
+    for name, key in (("scvae", "scvae_imputed"), ("scvae median", "median_imputed")):
+        out[name] = scores(layer[key][rows, cols], truth[rows, cols], log_lik, *interval, pit)
     return out
 
 

@@ -28,4 +28,5 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose random state ``torch.random.fork_rng`` must save for ``device``."""
     return [device.index or 0] if device.type == "cuda" else []

@@ -260,7 +260,7 @@ def _posterior_predictive(
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Predictive mean or median (and interval) at every missing entry."""
-    all_rows, all_cols, means, lowers, uppers = [], [], [], [], []
+    all_rows, all_cols, points, lowers, uppers = [], [], [], [], []
     for rows, cols, draws in predictive_draws(
         model, data, n_samples=n_samples, seed=seed, batch_size=batch_size
     ):
@@ -268,16 +268,16 @@ def _posterior_predictive(
         if interval is not None or point == "median":
             samples = torch.stack([d.sample() for d in draws])
         if point == "median":
-            means.append(samples.median(0).values.cpu().numpy())
+            points.append(samples.median(0).values.cpu().numpy())
         else:  # Rao-Blackwellised: the mean of p(x | z) for each z, averaged over z.
-            means.append(torch.stack([d.mean for d in draws]).mean(0).cpu().numpy())
+            points.append(torch.stack([d.mean for d in draws]).mean(0).cpu().numpy())
         if interval is not None:
             lower, upper = count_interval(samples, interval)
             lowers.append(lower.cpu().numpy())
             uppers.append(upper.cpu().numpy())
         all_rows.append(rows.cpu().numpy())
         all_cols.append(cols.cpu().numpy())
-    fills = {"imputed": np.concatenate(means).astype(np.float32)}
+    fills = {"imputed": np.concatenate(points).astype(np.float32)}
     if interval is not None:
         fills["lower"] = np.concatenate(lowers).astype(np.float32)
         fills["upper"] = np.concatenate(uppers).astype(np.float32)

@@ -25,9 +25,7 @@ def prepare(name: str, *, seed: int = 0, max_cells: int | None = None):
     rng = np.random.default_rng(seed)
     if max_cells is not None and adata.n_obs > max_cells:
         adata = adata[np.sort(rng.choice(adata.n_obs, max_cells, replace=False))].copy()
-    order = rng.permutation(adata.n_obs)
-    n_test = round(0.1 * adata.n_obs)
-    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    train_idx, test_idx = split(adata.n_obs, rng=rng)
     if adata.n_vars > 2003:
         train = adata[train_idx].copy()
         sc.pp.highly_variable_genes(train, flavor="seurat_v3", n_top_genes=2000)
@@ -35,6 +33,15 @@ def prepare(name: str, *, seed: int = 0, max_cells: int | None = None):
         keep = np.asarray(adata.X[train_idx].sum(axis=0)).ravel() > 0
         adata = adata[:, keep].copy()
     return adata, train_idx, test_idx
+
+
+def split(
+    n_cells: int, *, seed: int = 0, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The protocol's 90/10 split: sorted (train_idx, test_idx) from a seeded permutation."""
+    order = (rng if rng is not None else np.random.default_rng(seed)).permutation(n_cells)
+    n_test = round(0.1 * n_cells)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
 class PeakRSS:

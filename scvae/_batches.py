@@ -1,12 +1,20 @@
 """Minibatches of tensors sliced from the in-memory CSR counts.
 
-No per-row DataLoader: each epoch permutes the rows of the CSR matrix once (one vectorised
-gather), then every minibatch is a contiguous row slice, densified on its own. Only one
-minibatch is ever dense at a time.
+No per-row DataLoader. On a GPU the CSR matrix is *resident* on the device: its three arrays
+become tensors there once, and each minibatch gathers its rows' nonzeros and scatters them
+into a dense block on the device, with sizes computed on the host, so that a step never
+waits for the device. The order of the cells is drawn on the host each epoch (the same random
+stream on every device, so a seed gives the same minibatches on CPU and GPU) and sent to the
+device once per epoch. Only one minibatch is ever dense at a time.
+
+On the CPU, and when the matrix does not fit in the GPU's free memory, the rows of the host
+matrix are permuted once per epoch and each minibatch is a contiguous row slice, densified on
+the host (and sent to the device).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -16,7 +24,100 @@ import torch
 
 from ._data import CountData
 
-__all__ = ["Minibatch", "MinibatchSource"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["Minibatch", "MinibatchSource", "ResidentCSR"]
+
+# Share of the GPU's free memory the resident counts may take.
+_RESIDENT_SHARE = 0.5
+
+
+class ResidentCSR(NamedTuple):
+    """A CSR matrix as tensors on a device, with its row lengths also on the host."""
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    lengths: torch.Tensor
+    host_lengths: np.ndarray
+    n_cols: int
+
+    @classmethod
+    def from_scipy(cls, matrix: sp.csr_matrix, device: torch.device) -> ResidentCSR:
+        if not matrix.has_canonical_format:  # duplicates would be summed by toarray()
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+        lengths = np.diff(matrix.indptr).astype(np.int64)
+
+        def move(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+        return cls(
+            move(matrix.indptr.astype(np.int64, copy=False)),
+            move(matrix.indices),
+            move(matrix.data),
+            move(lengths),
+            lengths,
+            matrix.shape[1],
+        )
+
+    def dense_rows(
+        self, rows: torch.Tensor, host_rows: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``rows`` (device) as a dense block, and the (row, column) positions of their
+        stored entries. ``host_rows`` are the same rows on the host, for the sizes."""
+        nnz = int(self.host_lengths[host_rows].sum())
+        lengths = self.lengths[rows]
+        row_of = torch.repeat_interleave(
+            torch.arange(len(host_rows), device=rows.device), lengths, output_size=nnz
+        )
+        first = torch.cumsum(lengths, 0) - lengths  # where each row starts in the block
+        offset = torch.arange(nnz, device=rows.device) - first[row_of]
+        source = self.indptr[rows][row_of] + offset
+        cols = self.indices[source].long()
+        shape = (len(host_rows), self.n_cols)
+        dense = torch.zeros(shape, dtype=self.values.dtype, device=rows.device)
+        dense[row_of, cols] = self.values[source]
+        return dense, row_of, cols
+
+
+def _fits_on_device(data: CountData, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    need = sum(
+        m.data.nbytes + m.indices.nbytes + 2 * m.indptr.nbytes
+        for m in (data.counts, data.missing)
+        if m is not None
+    )
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > _RESIDENT_SHARE * free:
+        logger.info(
+            "the counts (%.0f MB) do not fit in half the GPU's free memory (%.0f MB): "
+            "minibatches are densified on the host and sent one by one",
+            need / 1e6,
+            free / 1e6,
+        )
+        return False
+    return True
+
+
+def resident_counts(
+    data: CountData, device: torch.device
+) -> tuple[ResidentCSR, ResidentCSR | None] | None:
+    """The counts and missing mask of ``data`` on ``device``, made once per data and device;
+    ``None`` when they do not fit (GPU)."""
+    key = str(device)
+    if key not in data.device_copies:
+        fits = _fits_on_device(data, device)
+        data.device_copies[key] = (
+            (
+                ResidentCSR.from_scipy(data.counts, device),
+                None if data.missing is None else ResidentCSR.from_scipy(data.missing, device),
+            )
+            if fits
+            else None
+        )
+    return data.device_copies[key]
 
 
 class Minibatch(NamedTuple):
@@ -55,6 +156,10 @@ class MinibatchSource:
         replacement, with probability proportional to the weight (class balancing).
     with_labels
         Attach ``data.labels`` (codes, -1 unlabelled) to each minibatch, for a label head.
+    resident
+        Keep the counts on ``device`` and build minibatches there. Default: on a GPU when
+        the counts take at most half its free memory; not on the CPU, where slicing on the
+        host is faster. Both ways give the same minibatches.
     """
 
     def __init__(
@@ -69,6 +174,7 @@ class MinibatchSource:
         drop_last: bool = False,
         sample_weights: np.ndarray | None = None,
         with_labels: bool = False,
+        resident: bool | None = None,
     ) -> None:
         self.data = data
         self.with_labels = with_labels and data.labels is not None
@@ -89,6 +195,22 @@ class MinibatchSource:
             if sample_weights.shape != self.indices.shape or (sample_weights < 0).any():
                 raise ValueError("sample_weights needs one non-negative weight per cell")
             self.sample_p = sample_weights / sample_weights.sum()
+        if resident is None:
+            # On the CPU, scipy slices and densifies a minibatch faster than the gather below
+            # (measured: 0.15 vs 0.5 ms at 128 cells x 2000 genes).
+            resident = self.device.type == "cuda"
+        self.resident = resident_counts(data, self.device) if resident else None
+        if self.resident is not None:
+
+            def move(array: np.ndarray | None) -> torch.Tensor | None:
+                return None if array is None else torch.from_numpy(array).to(self.device)
+
+            self._covariates = {
+                "library": move(data.library),
+                "batch_index": move(data.batch_index),
+                "weight": None if self._uniform_weight else move(data.weight),
+                "labels": move(data.labels) if self.with_labels else None,
+            }
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -105,6 +227,9 @@ class MinibatchSource:
         elif self.shuffle:
             order = order[self.rng.permutation(len(order))]
         self.order = order
+        if self.resident is not None:
+            yield from self._resident_batches(order)
+            return
         counts = self.data.counts[order]
         missing = None if self.data.missing is None else self.data.missing[order]
         for k in range(len(self)):
@@ -112,6 +237,20 @@ class MinibatchSource:
             yield self._minibatch(
                 counts[rows], None if missing is None else missing[rows], order[rows]
             )
+
+    def _resident_batches(self, order: np.ndarray) -> Iterator[Minibatch]:
+        counts, missing = self.resident
+        on_device = torch.from_numpy(order).to(self.device, non_blocking=True)
+        covariates = self._covariates
+        for k in range(len(self)):
+            window = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            rows, host_rows = on_device[window], order[window]
+            x = counts.dense_rows(rows, host_rows)[0]
+            mask = None
+            if missing is not None:
+                mask = ~missing.dense_rows(rows, host_rows)[0]
+            picked = {k: None if v is None else v[rows] for k, v in covariates.items()}
+            yield Minibatch(x, mask=mask, **picked)
 
     def _minibatch(
         self, counts: sp.csr_matrix, missing: sp.csr_matrix | None, cells: np.ndarray

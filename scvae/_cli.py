@@ -39,7 +39,7 @@ def add_commands(commands) -> None:
     fit.add_argument("--labels-key", default=None, help="obs column of cell-type labels")
     fit.add_argument("--max-epochs", type=int, default=None)
     fit.add_argument("--batch-size", type=int, default=128, help="cells per step per process")
-    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--lr", type=float, default=None, help="default: scvae.fit's rule")
     fit.add_argument("--n-latent", type=int, default=10)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", help="auto, cpu or cuda (one process)")

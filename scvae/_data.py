@@ -57,6 +57,8 @@ class CountData:
     batch_categories: list[str] = field(default_factory=list)
     labels: np.ndarray | None = None
     label_categories: list[str] = field(default_factory=list)
+    #: Copies of the counts on training devices (see ``_batches.resident_counts``).
+    device_copies: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_cells(self) -> int:

@@ -167,3 +167,13 @@ def test_learned_dispersion_tracks_the_truth():
     learned = model.module.log_theta.detach().numpy()[0]
     truth = np.log(adata.var["true_theta"].to_numpy())
     assert np.corrcoef(learned, truth)[0, 1] > 0.6
+
+
+def test_default_learning_rate_grows_with_cells_per_step(small_adata):
+    """1e-3 per 128 cells per step (4e-3 at 512), capped at 1.6e-2; an explicit lr wins; the
+    rule's lr is what the model records (and so what a resumed fit reuses)."""
+    options = {"max_epochs": 1, "progress": False}
+    assert quick_fit(small_adata.copy(), **options).settings["lr"] == 1e-3
+    assert quick_fit(small_adata.copy(), batch_size=512, **options).settings["lr"] == 4e-3
+    explicit = quick_fit(small_adata.copy(), batch_size=512, lr=5e-4, **options)
+    assert explicit.settings["lr"] == 5e-4

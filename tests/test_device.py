@@ -45,20 +45,29 @@ def _assert_same_minibatches(a: MinibatchSource, b: MinibatchSource, epochs: int
     ],
     ids=["shuffled", "in-order", "weighted"],
 )
-def test_resident_minibatches_equal_host_minibatches(options):
-    """The device-side gather gives exactly the host path's minibatches (counts, mask,
-    covariates, labels), epoch after epoch, from the same random stream."""
+def test_device_minibatches_equal_host_minibatches(options):
+    """The device-side gathers (counts resident, or streamed in chunks) give exactly the host
+    path's minibatches (counts, mask, covariates, labels), epoch after epoch, from the same
+    random stream."""
     data = _counts_with_holes()
     data.weight = np.random.default_rng(1).uniform(0.5, 1.5, data.n_cells).astype(np.float32)
-    host, resident = (
+    host, resident, chunks = (
         MinibatchSource(
-            data, batch_size=64, rng=np.random.default_rng(2), resident=flag, **options
+            data, batch_size=64, rng=np.random.default_rng(2), placement=placement, **options
         )
-        for flag in (False, True)
+        for placement in ("host", "resident", "chunks")
     )
     assert host.resident is None and resident.resident is not None
     assert resident.resident[1] is not None  # the missing mask is resident too
+    chunks.chunk_batches = 3  # several chunks per epoch, the last one short
+    assert len(chunks) > chunks.chunk_batches and len(chunks) % chunks.chunk_batches
     _assert_same_minibatches(host, resident)
+    _assert_same_minibatches(
+        MinibatchSource(
+            data, batch_size=64, rng=np.random.default_rng(2), placement="host", **options
+        ),
+        chunks,
+    )
 
 
 def test_resident_counts_sum_duplicate_entries():
@@ -78,12 +87,23 @@ def test_resident_counts_sum_duplicate_entries():
 @needs_cuda
 def test_gpu_minibatches_are_resident_and_equal_cpu_minibatches():
     data = _counts_with_holes()
-    cpu, gpu = (
-        MinibatchSource(data, batch_size=64, shuffle=True, rng=np.random.default_rng(3), device=d)
-        for d in ("cpu", "cuda")
-    )
-    assert gpu.resident is not None and gpu.resident[0].values.is_cuda
-    _assert_same_minibatches(cpu, gpu)
+
+    def source(device: str, placement: str | None = None) -> MinibatchSource:
+        return MinibatchSource(
+            data,
+            batch_size=64,
+            shuffle=True,
+            rng=np.random.default_rng(3),
+            device=device,
+            placement=placement,
+        )
+
+    gpu = source("cuda")
+    assert gpu.placement == "resident" and gpu.resident[0].values.is_cuda
+    _assert_same_minibatches(source("cpu"), gpu)
+    chunks = source("cuda", "chunks")
+    chunks.chunk_batches = 2
+    _assert_same_minibatches(source("cpu"), chunks)
 
 
 @pytest.mark.gpu

@@ -124,3 +124,51 @@ def test_gpu_and_cpu_fits_agree(small_adata, tmp_path):
     np.testing.assert_allclose(
         moved.embed(small_adata), on_cpu.embed(small_adata), rtol=1e-4, atol=1e-4
     )
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_training_steps_never_wait_for_the_device():
+    """Minibatch, loss, backward and Adam on the GPU without one host-device synchronisation
+    (CUDA's sync debug mode turns any into an error); the host looks once per epoch."""
+    first, second = _training_steps("cuda", sync_check=True)
+    assert second < first
+
+
+def _training_steps(device: str, sync_check: bool = False) -> list[float]:
+    """Two epochs of training steps; returns the mean loss of each epoch."""
+    import pyro
+
+    from scvae._module import SCVAEModule
+    from scvae._train import _step_loss
+
+    data = _counts_with_holes()
+    source = MinibatchSource(data, batch_size=64, shuffle=True, drop_last=True, device=device)
+    module = SCVAEModule(
+        data.n_genes, len(data.batch_categories), encode_mask=True, library_scale=500.0
+    ).to(device)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    losses = torch.zeros(len(source), device=device)
+    means = []
+    with pyro.validation_enabled(False):
+        for epoch in range(2):  # the first epoch warms up (optimizer state, allocator)
+            if sync_check and epoch == 1:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                for step, batch in enumerate(source):
+                    loss = _step_loss(module, batch, 0.5, False)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses[step] = loss.detach()
+            finally:
+                if sync_check:
+                    torch.cuda.set_sync_debug_mode("default")
+            means.append(float(losses.mean()))  # the host looks once per epoch
+    return means
+
+
+def test_training_steps_of_the_sync_test_learn_on_the_cpu():
+    """The body of the GPU sync test, on the CPU: the second epoch's loss is lower."""
+    first, second = _training_steps("cpu")
+    assert second < first

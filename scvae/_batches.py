@@ -98,7 +98,7 @@ def _fits_on_device(data: CountData, device: torch.device) -> bool:
     if need > _RESIDENT_SHARE * free:
         logger.info(
             "the counts (%.0f MB) do not fit in half the GPU's free memory (%.0f MB): "
-            "minibatches are densified on the host and sent one by one",
+            "they are streamed to it in chunks",
             need / 1e6,
             free / 1e6,
         )

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import torch
 
 import scvae
+import scvae._batches
 from scvae._batches import MinibatchSource, ResidentCSR
 from scvae._data import prepare_counts
 
@@ -85,7 +86,9 @@ def test_resident_counts_sum_duplicate_entries():
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_minibatches_are_resident_and_equal_cpu_minibatches():
+def test_gpu_minibatches_are_resident_and_equal_cpu_minibatches(monkeypatch):
+    """On a GPU the counts are resident by default, streamed in chunks when they would not
+    fit; both give the CPU's minibatches."""
     data = _counts_with_holes()
 
     def source(device: str, placement: str | None = None) -> MinibatchSource:
@@ -104,6 +107,11 @@ def test_gpu_minibatches_are_resident_and_equal_cpu_minibatches():
     chunks = source("cuda", "chunks")
     chunks.chunk_batches = 2
     _assert_same_minibatches(source("cpu"), chunks)
+    monkeypatch.setattr(scvae._batches, "_RESIDENT_SHARE", 0.0)  # nothing fits
+    data = _counts_with_holes()  # a fresh copy: the device copy is made once per data
+    too_large = source("cuda")
+    assert too_large.placement == "chunks" and too_large.resident is None
+    _assert_same_minibatches(source("cpu"), too_large)
 
 
 @pytest.mark.gpu

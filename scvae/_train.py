@@ -221,7 +221,8 @@ def train(
     -------
     History with ``train_loss`` (the training objective per cell, the negative beta-weighted
     ELBO), ``validation_elbo`` (exact ELBO per cell, if validating), ``kl_weight`` and
-    ``epoch_seconds``, one entry per completed epoch; ``interrupted_at_epoch`` (one value)
+    ``epoch_seconds`` (training steps and validation) and ``training_seconds`` (the
+    training steps alone), one entry per completed epoch; ``interrupted_at_epoch`` (one value)
     after an interrupt.
     """
     distributed = ddp.is_distributed()
@@ -234,6 +235,7 @@ def train(
         "validation_elbo": [],
         "kl_weight": [],
         "epoch_seconds": [],
+        "training_seconds": [],
     }
     best_elbo, best_state, best_epoch, stale = -math.inf, None, -1, 0
     start = 0
@@ -241,7 +243,7 @@ def train(
     if resume is not None:
         module.load_state_dict(resume["module"])
         optimizer.load_state_dict(resume["optimizer"])
-        history = {k: list(v) for k, v in resume["history"].items()}
+        history = {**history, **{k: list(v) for k, v in resume["history"].items()}}
         best_elbo, best_epoch, stale = resume["best_elbo"], resume["best_epoch"], resume["stale"]
         best_state, start = resume["best_state"], resume["epoch"]
         _set_random_state(resume["random"], train_source)
@@ -275,6 +277,7 @@ def train(
                 # The one host sync of the epoch (with DDP: one all-reduce, so that every
                 # rank stops together).
                 finite = bool(torch.isfinite(losses).all() & _parameters_finite(module))
+                training_seconds = time.perf_counter() - started  # steps done: just synced
                 total = float(losses.sum())
                 if distributed:
                     summed = ddp.all_reduce_sum(np.array([total, 0.0 if finite else 1.0]))[0]
@@ -310,6 +313,7 @@ def train(
                         stale += 1
                     stop = early_stopping and stale >= patience
                 record["epoch_seconds"] = time.perf_counter() - started
+                record["training_seconds"] = training_seconds
                 for key, value in record.items():
                     history[key].append(value)
                 last_state = _snapshot(module)

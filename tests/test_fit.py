@@ -177,3 +177,13 @@ def test_default_learning_rate_grows_with_cells_per_step(small_adata):
     assert quick_fit(small_adata.copy(), batch_size=512, **options).settings["lr"] == 4e-3
     explicit = quick_fit(small_adata.copy(), batch_size=512, lr=5e-4, **options)
     assert explicit.settings["lr"] == 5e-4
+
+
+def test_history_times_the_training_steps_apart_from_validation(fitted):
+    """``training_seconds`` (steps only) is part of ``epoch_seconds`` (steps + held-out
+    ELBO), one entry per epoch: benchmarks compare training throughput on the former."""
+    model, _ = fitted
+    steps = np.asarray(model.history["training_seconds"])
+    whole = np.asarray(model.history["epoch_seconds"])
+    assert len(steps) == len(whole) == len(model.history["validation_elbo"]) > 1
+    assert np.all(steps > 0) and np.all(steps < whole)

@@ -114,7 +114,7 @@ def fit(
         Default: about 8 million cell visits, within [20, 400] epochs.
     batch_size
         Cells per training step (per process under ``torchrun``). 128 gives the best final
-        held-out ELBO; 512 gets close in about 0.7x the time on the CPU (docs/speed.md);
+        held-out ELBO; 512 gets close in 0.7-0.8x the time on the CPU (docs/speed.md);
         larger batches suit a GPU.
     lr
         Adam's learning rate. Default (:func:`default_lr`): 1e-3 up to 128 cells per step,

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import resource
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -42,6 +43,24 @@ def split(
     order = (rng if rng is not None else np.random.default_rng(seed)).permutation(n_cells)
     n_test = round(0.1 * n_cells)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def scvi_epoch_timer():
+    """A Lightning callback whose ``seconds`` holds the duration of each training epoch of
+    ``SCVI.train`` (needs scvi-tools' Lightning, imported here)."""
+    import lightning.pytorch as lp
+
+    class EpochTimer(lp.Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.started = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.seconds.append(time.perf_counter() - self.started)
+
+    return EpochTimer()
 
 
 class PeakRSS:

@@ -18,11 +18,10 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from _common import PeakRSS, environment, markdown_table, prepare, write_json
+from _common import PeakRSS, environment, markdown_table, prepare, scvi_epoch_timer, write_json
 
 from scvae import metrics
 from scvae._api import fit_counts
@@ -67,18 +66,7 @@ def run_scvae(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True
 
 
 def run_scvi(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True) -> dict:
-    import lightning.pytorch as lp
     import scvi
-
-    class EpochTimer(lp.Callback):
-        def __init__(self):
-            self.seconds = []
-
-        def on_train_epoch_start(self, trainer, module):
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, module):
-            self.seconds.append(time.perf_counter() - self._start)
 
     scvi.settings.seed = seed
     train = adata[train_idx].copy()
@@ -87,7 +75,7 @@ def run_scvi(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True)
     model = scvi.model.SCVI(
         train, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dispersion="gene"
     )
-    timer = EpochTimer()
+    timer = scvi_epoch_timer()
     with PeakRSS() as rss:
         model.train(
             max_epochs=args.epochs,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from _common import prepare, report
+from _common import prepare, report, scvi_epoch_timer
 from torch.distributions import Normal, kl_divergence
 
 from scvae._batches import MinibatchSource
@@ -163,24 +163,13 @@ def segments(module, source, device: torch.device, repeats: int) -> dict[str, fl
 
 def scvi_trainer_step(adata, batch_size: int, device: torch.device, repeats: int) -> float:
     """Seconds per step of ``SCVI.train`` (median epoch after the first)."""
-    import lightning.pytorch as lp
     import scvi
-
-    class EpochTimer(lp.Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.started = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            self.seconds.append(time.perf_counter() - self.started)
 
     scvi.settings.seed = 0
     train = adata.copy()
     scvi.model.SCVI.setup_anndata(train)
     model = scvi.model.SCVI(train, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb")
-    timer = EpochTimer()
+    timer = scvi_epoch_timer()
     steps_per_epoch = -(-train.n_obs // batch_size)
     model.train(
         max_epochs=1 + repeats * -(-24 // steps_per_epoch),

@@ -17,7 +17,7 @@ from ._backed import StreamingData
 from ._balance import check_balance, cluster_labels, label_head
 from ._checkpoint import Checkpointing, fit_identity
 from ._data import CountData, missing_genes, prepare_counts
-from ._device import resolve_device
+from ._device import cuda_devices, resolve_device
 from ._model import SCVAE
 from ._module import SCVAEModule
 from ._reference import LatentReference, build_reference
@@ -262,8 +262,7 @@ def fit_counts(
     elif resume:
         raise ValueError("resume=True needs the checkpoint_dir of the fit to resume")
 
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda_devices(device)):
         torch.manual_seed(seed)
         if isinstance(data, StreamingData):
             train_source, val_source = streaming_sources(

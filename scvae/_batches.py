@@ -291,15 +291,7 @@ class MinibatchSource:
         mask = None
         if missing is not None:
             mask = ~torch.from_numpy(missing.toarray()).to(device, non_blocking=True)
-        library = torch.from_numpy(self.data.library[cells]).to(device)
-        batch_index = torch.from_numpy(self.data.batch_index[cells]).to(device)
-        weight = None
-        if not self._uniform_weight:
-            weight = torch.from_numpy(self.data.weight[cells]).to(device)
-        labels = None
-        if self.with_labels:
-            labels = torch.from_numpy(self.data.labels[cells]).to(device)
-        return Minibatch(x, library, batch_index, mask, weight, labels)
+        return Minibatch(x, mask=mask, **self._covariates_on_device(cells))
 
 
 def _gathered(

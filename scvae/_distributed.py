@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._device import cuda_devices
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -108,8 +110,7 @@ def wrap_for_training(module: nn.Module, loss_fn) -> nn.Module:
     if not is_distributed():
         return wrapper
     device = next(module.parameters()).device
-    ids = [device.index or 0] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(wrapper, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(wrapper, device_ids=cuda_devices(device) or None)
 
 
 def assert_in_sync(module: nn.Module) -> None:

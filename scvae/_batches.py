@@ -68,9 +68,9 @@ class ResidentCSR(NamedTuple):
 
     def dense_rows(
         self, rows: torch.Tensor, host_rows: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows ``rows`` (device) as a dense block, and the (row, column) positions of their
-        stored entries. ``host_rows`` are the same rows on the host, for the sizes."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``rows`` (device) as a dense block, and the (row, column) positions and values
+        of their stored entries. ``host_rows`` are the same rows on the host, for the sizes."""
         nnz = int(self.host_lengths[host_rows].sum())
         lengths = self.lengths[rows]
         row_of = torch.repeat_interleave(
@@ -82,8 +82,9 @@ class ResidentCSR(NamedTuple):
         cols = self.indices[source].long()
         shape = (len(host_rows), self.n_cols)
         dense = torch.zeros(shape, dtype=self.values.dtype, device=rows.device)
-        dense[row_of, cols] = self.values[source]
-        return dense, row_of, cols
+        values = self.values[source]
+        dense[row_of, cols] = values
+        return dense, row_of, cols, values
 
 
 def _fits_on_device(data: CountData, device: torch.device) -> bool:
@@ -134,6 +135,8 @@ class Minibatch(NamedTuple):
     mask: torch.Tensor | None
     weight: torch.Tensor | None
     labels: torch.Tensor | None = None
+    #: ``(rows, cols, values)`` of the stored entries of ``x`` (see ``CountRows``).
+    nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class MinibatchSource:
@@ -291,7 +294,12 @@ class MinibatchSource:
         mask = None
         if missing is not None:
             mask = ~torch.from_numpy(missing.toarray()).to(device, non_blocking=True)
-        return Minibatch(x, mask=mask, **self._covariates_on_device(cells))
+        return Minibatch(
+            x,
+            mask=mask,
+            nonzeros=stored_entries(counts, device),
+            **self._covariates_on_device(cells),
+        )
 
 
 def _gathered(
@@ -302,7 +310,23 @@ def _gathered(
     host_rows: np.ndarray,
 ) -> Minibatch:
     """The minibatch of ``rows`` of device-side counts, mask and covariates."""
-    x = counts.dense_rows(rows, host_rows)[0]
+    x, row_of, cols, values = counts.dense_rows(rows, host_rows)
     mask = None if missing is None else ~missing.dense_rows(rows, host_rows)[0]
     picked = {k: None if v is None else v[rows] for k, v in covariates.items()}
-    return Minibatch(x, mask=mask, **picked)
+    return Minibatch(x, mask=mask, nonzeros=(row_of, cols, values), **picked)
+
+
+def stored_entries(
+    counts: sp.csr_matrix, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, cols, values)`` of the stored entries of a CSR block, as tensors on ``device``
+    (duplicates summed first, as ``toarray()`` does)."""
+    if not counts.has_canonical_format:
+        counts = counts.copy()
+        counts.sum_duplicates()
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+
+    def move(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device, non_blocking=True)
+
+    return move(rows), move(counts.indices.astype(np.int64)), move(counts.data)

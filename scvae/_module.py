@@ -34,6 +34,7 @@ from pyro import poutine
 from torch import nn
 
 from ._distributions import CountDistribution
+from ._objective import CountRows
 
 __all__ = ["LIKELIHOODS", "SCVAEModule", "importance_log_likelihood"]
 
@@ -230,20 +231,22 @@ class SCVAEModule(nn.Module):
         mask: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         kl_weight: float = 1.0,
         include_constant: bool = True,
     ) -> None:
         """p(x, y, z): standard normal prior on z, count likelihood on the observed entries,
-        and (with a label head) the cell type of the labelled cells (``labels`` >= 0)."""
+        and (with a label head) the cell type of the labelled cells (``labels`` >= 0).
+
+        ``nonzeros`` (``(rows, cols, values)`` of the stored entries of ``x``, as minibatches
+        carry them) only makes the NB training objective cheaper; the value is the same."""
         n_cells = x.shape[0]
         with pyro.plate("cells", n_cells), poutine.scale(scale=_scale(weight)):
             prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([n_cells, self.n_latent])
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", prior.to_event(1))
             counts = self.decode(z, library, batch_index, mask, include_constant=include_constant)
-            if mask is not None:
-                counts = counts.mask(mask)
-            pyro.sample("counts", counts.to_event(1), obs=x)
+            pyro.sample("counts", CountRows(counts, mask, nonzeros), obs=x)
             if self.classifier is not None and labels is not None:
                 known = labels >= 0
                 code = labels.clamp(min=0)
@@ -259,6 +262,7 @@ class SCVAEModule(nn.Module):
         mask: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         kl_weight: float = 1.0,
         include_constant: bool = True,
     ) -> None:

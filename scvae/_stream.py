@@ -23,7 +23,7 @@ import torch
 
 from . import _distributed as ddp
 from ._backed import StreamingData
-from ._batches import Minibatch
+from ._batches import Minibatch, stored_entries
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,9 @@ class ChunkSource:
         x = torch.from_numpy(counts.toarray()).to(device, non_blocking=True)
         library = torch.from_numpy(self.data.library[rows]).to(device)
         batch_index = torch.from_numpy(self.data.batch_index[rows]).to(device)
-        return Minibatch(x, library, batch_index, None, None)
+        return Minibatch(
+            x, library, batch_index, None, None, nonzeros=stored_entries(counts, device)
+        )
 
 
 def streaming_sources(

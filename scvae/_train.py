@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import _distributed as ddp
 from ._batches import MinibatchSource
 from ._checkpoint import Checkpointing
+from ._heap import steady_heap
 from ._module import SCVAEModule
 
 logger = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def train(
     module.train()
     epoch = start
     try:
-        with pyro.validation_enabled(False):
+        with pyro.validation_enabled(False), steady_heap():
             for epoch in bar:
                 started = time.perf_counter()
                 losses = torch.zeros(steps_per_epoch, device=train_source.device)

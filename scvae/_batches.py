@@ -11,7 +11,9 @@ When the matrix does not fit in the GPU's free memory, it is *streamed in chunks
 many minibatches (~256 MB of CSR) are gathered on the host and sent as one CSR block, and the
 minibatches are densified from it on the device. On the CPU the rows of the matrix are
 permuted once per epoch and each minibatch is a contiguous row slice densified by scipy
-(faster there than the gather). All three ways give the same minibatches.
+(faster there than the gather). All three ways give the same minibatches, each with the list
+of its stored entries (``Minibatch.nonzeros``) beside the dense block, for the NB training
+objective (``scvae._objective``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Each training step allocates and frees the same large temporaries (a 512-cell mi
 the top of its heap back to the system once it exceeds a threshold, and serves large
 requests with fresh ``mmap`` pages; either way the next step touches new pages, and every
 page is a fault the kernel must zero-fill: measured on 2 CPU cores, 370 / 3600 / 9300
-faults per step at 128 / 512 / 2048 cells, 10-20 % of the step at 512-2048 cells.
+faults per step at 128 / 512 / 2048 cells, about 10 % of the step at 512-2048 cells.
 
 :func:`steady_heap` raises both thresholds for the duration of training, so that freed
 blocks are reused by the next step, then sets them to the values glibc's own adaptive
@@ -18,13 +18,10 @@ nothing. Set the environment variable ``SCVAE_STEADY_HEAP=0`` to leave ``malloc`
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["steady_heap"]
 

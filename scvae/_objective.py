@@ -28,8 +28,8 @@ def digamma(y: torch.Tensor) -> torch.Tensor:
 
     Five steps of the recurrence ``psi(y) = psi(y + 1) - 1 / y`` bring the argument to
     ``y + 6 >= 6``, where the asymptotic series to ``z**-10`` is exact to ~1e-11 (relative).
-    In float32 as accurate as ``torch.digamma``, which evaluates its series element by element
-    on the CPU (several times slower).
+    In float32 as accurate as ``torch.digamma``, and about twice as fast on the CPU (26 k
+    entries: 0.28 against 0.49 ms on 2 cores).
 
     Examples
     --------
@@ -89,7 +89,8 @@ def nb_rows_log_prob(
     x
         Counts, ``(cells, genes)``; missing entries hold 0.
     log_mu, log_theta
-        As in :func:`nb_log_prob`; ``log_theta`` is ``(genes,)`` or ``(cells, genes)``.
+        As in :func:`scvae._distributions.nb_log_prob`; ``log_theta`` is ``(genes,)`` or
+        ``(cells, genes)``.
     nonzeros
         ``(rows, cols, values)`` of the stored entries of ``x``: every nonzero must be listed
         (stored zeros may be, they add exactly 0).

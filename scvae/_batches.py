@@ -50,9 +50,7 @@ class ResidentCSR(NamedTuple):
 
     @classmethod
     def from_scipy(cls, matrix: sp.csr_matrix, device: torch.device) -> ResidentCSR:
-        if not matrix.has_canonical_format:  # duplicates would be summed by toarray()
-            matrix = matrix.copy()
-            matrix.sum_duplicates()
+        matrix = _summed_duplicates(matrix)
         lengths = np.diff(matrix.indptr).astype(np.int64)
 
         def move(array: np.ndarray) -> torch.Tensor:
@@ -323,12 +321,19 @@ def stored_entries(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, cols, values)`` of the stored entries of a CSR block, as tensors on ``device``
     (duplicates summed first, as ``toarray()`` does)."""
-    if not counts.has_canonical_format:
-        counts = counts.copy()
-        counts.sum_duplicates()
+    counts = _summed_duplicates(counts)
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
 
     def move(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(device, non_blocking=True)
 
     return move(rows), move(counts.indices.astype(np.int64)), move(counts.data)
+
+
+def _summed_duplicates(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """``matrix``, or a copy with its duplicate entries summed (as ``toarray()`` sums them)."""
+    if matrix.has_canonical_format:
+        return matrix
+    matrix = matrix.copy()
+    matrix.sum_duplicates()
+    return matrix

@@ -307,8 +307,6 @@ def importance_log_likelihood(
     for _ in range(n_samples):
         z = q.sample()
         counts = module.decode(z, library, batch_index, mask)
-        log_px = counts.log_prob(x)
-        if mask is not None:
-            log_px = log_px.masked_fill(~mask, 0.0)
-        log_w.append(log_px.sum(-1) + prior.log_prob(z) - q.log_prob(z))
+        log_px = CountRows(counts, mask).log_prob(x)
+        log_w.append(log_px + prior.log_prob(z) - q.log_prob(z))
     return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(n_samples)

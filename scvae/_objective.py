@@ -81,8 +81,8 @@ def nb_rows_log_prob(
         x * d - (theta + x) * softplus(d) + [lgamma(x + theta) - lgamma(theta)]
 
     The first two terms are computed densely; the bracket is 0 at ``x = 0`` and is computed
-    on the stored entries only, with ``lgamma(theta)`` once per gene, then added to each
-    cell's sum. No elementwise output is formed.
+    on the stored entries only, with ``lgamma(theta)`` once per gene, then added at their
+    positions before each cell's sum. The result is the same bit for bit from run to run.
 
     Parameters
     ----------
@@ -92,7 +92,7 @@ def nb_rows_log_prob(
         As in :func:`scvae._distributions.nb_log_prob`; ``log_theta`` is ``(genes,)`` or
         ``(cells, genes)``.
     nonzeros
-        ``(rows, cols, values)`` of the stored entries of ``x``: every nonzero must be listed
+        ``(rows, cols, values)`` of the stored entries of ``x``: every nonzero listed once
         (stored zeros may be, they add exactly 0).
     mask
         ``(cells, genes)`` bool, True where observed; other entries are left out.
@@ -116,14 +116,17 @@ def nb_rows_log_prob(
     dense = x * d - (theta + x) * F.softplus(d)
     if mask is not None:
         dense = dense.masked_fill(~mask, 0.0)
-    if log_theta.dim() == 1:
-        theta_nz = theta[cols]
-        lgamma_theta_nz = torch.lgamma(theta)[cols]  # per gene: torch's own is cheaper here
+    # Gathers from (cells, genes)-shaped views, and the stored terms added back at their
+    # (unique) positions: every sum runs in a fixed order (a scatter-add into cells or genes
+    # would collide, and the threads' order of atomic additions would change the last bits
+    # from run to run).
+    theta_nz = theta.expand_as(x)[rows, cols]
+    if log_theta.dim() == 1:  # lgamma(theta) once per gene (torch's own is cheaper there)
+        lgamma_theta_nz = torch.lgamma(theta).expand_as(x)[rows, cols]
     else:
-        theta_nz = theta.expand_as(x)[rows, cols]
         lgamma_theta_nz = lgamma(theta_nz)
     stored = lgamma(values.to(theta.dtype) + theta_nz) - lgamma_theta_nz
-    return dense.sum(-1).index_add(0, rows, stored)
+    return dense.index_put((rows, cols), stored, accumulate=True).sum(-1)
 
 
 class CountRows(TorchDistribution):
@@ -131,8 +134,8 @@ class CountRows(TorchDistribution):
 
     Wraps a 2-d :class:`CountDistribution` with the observation mask and, optionally, the
     stored entries of the observed minibatch. :meth:`log_prob` returns each cell's masked sum:
-    for the NB training objective with ``nonzeros`` it uses :func:`nb_rows_log_prob`, which
-    forms no elementwise output; otherwise the elementwise log-probability, masked and summed.
+    for the NB training objective with ``nonzeros`` it uses :func:`nb_rows_log_prob`;
+    otherwise the elementwise log-probability, masked and summed.
     Sampling draws from the base distribution (missing entries too).
     """
 

@@ -136,6 +136,35 @@ def test_same_seed_gives_bitwise_identical_results_on_cpu(cells):
     )
 
 
+FIT_AND_HASH = textwrap.dedent(
+    """
+    import hashlib
+    import numpy as np
+    import scvae
+
+    complete = scvae.datasets.simulate(3000, 1000, n_groups=6, n_batches=2, seed=0)
+    x = complete.X.toarray()
+    x[np.random.default_rng(0).random(x.shape) < 0.1] = np.nan
+    complete.X = x
+    model = scvae.fit(complete, batch_key="batch", max_epochs=2, progress=False, seed=3)
+    print(hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.module.parameters()))
+          .hexdigest())
+    """
+)
+
+
+def test_same_seed_gives_bitwise_identical_models_in_separate_processes():
+    """Large enough minibatches that torch runs its kernels on several threads: no sum may
+    depend on the threads' order (a scatter-add of the dispersion's gradient once did)."""
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", FIT_AND_HASH], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+        for _ in range(3)
+    }
+    assert len(hashes) == 1
+
+
 # -- a kill during save -------------------------------------------------------------------
 SAVER = textwrap.dedent(
     """

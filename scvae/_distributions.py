@@ -165,27 +165,46 @@ class CountDistribution(TorchDistribution):
     include_constant
         Whether :meth:`log_prob` includes ``-lgamma(x + 1)`` (exact likelihood) or not
         (the training objective, which differs by a constant).
+    logits, log_library
+        Instead of ``log_mu``: the decoder's gene logits ``(cells, genes)`` and each cell's
+        log library size ``(cells,)``, with ``log_mu = log_softmax(logits) + log_library``
+        computed when first needed (the fused training objective of
+        :class:`~scvae._objective.CountRows` starts from the logits and never needs it).
     """
 
-    arg_constraints: ClassVar[dict] = {"log_mu": constraints.real}
+    arg_constraints: ClassVar[dict] = {}
     support = constraints.nonnegative_integer
     has_rsample = False
 
     def __init__(
         self,
-        log_mu: torch.Tensor,
+        log_mu: torch.Tensor | None = None,
         log_theta: torch.Tensor | None = None,
         zi_logits: torch.Tensor | None = None,
         *,
         include_constant: bool = True,
+        logits: torch.Tensor | None = None,
+        log_library: torch.Tensor | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        self.log_mu = log_mu
+        if (log_mu is None) == (logits is None) or (logits is None) != (log_library is None):
+            raise ValueError("give either log_mu, or logits and log_library")
+        self._log_mu = log_mu
+        self.logits, self.log_library = logits, log_library
         self.log_theta = log_theta
         self.zi_logits = zi_logits
         self.include_constant = include_constant
-        shapes = [log_mu.shape] + [t.shape for t in (log_theta, zi_logits) if t is not None]
+        first = log_mu if log_mu is not None else logits
+        shapes = [first.shape] + [t.shape for t in (log_theta, zi_logits) if t is not None]
         super().__init__(torch.broadcast_shapes(*shapes), validate_args=validate_args)
+
+    @property
+    def log_mu(self) -> torch.Tensor:
+        """Log of the mean (from the logits on first use, when given those)."""
+        if self._log_mu is None:
+            log_share = torch.log_softmax(self.logits, dim=-1)
+            self._log_mu = log_share + self.log_library.unsqueeze(-1)
+        return self._log_mu
 
     def expand(self, batch_shape, _instance=None) -> CountDistribution:
         # Pyro's plates call expand on every sample site, usually with the shape the

@@ -208,18 +208,28 @@ class SCVAEModule(nn.Module):
         """Distribution of the counts given ``z`` (elementwise, not yet masked)."""
         covariates = self._covariates(batch_index)
         h = self.decoder(z, covariates)
-        log_share = torch.log_softmax(self.gene_logits(h), dim=-1)
-        if mask is not None:
-            # Renormalise the shares over the observed genes of each cell.
-            observed_share = log_share.masked_fill(~mask, float("-inf"))
-            log_share = log_share - torch.logsumexp(observed_share, dim=-1, keepdim=True)
-        log_mu = log_share + torch.log(library.clamp(min=1.0)).unsqueeze(-1)
         log_theta = None
         if self.log_theta is not None:
             log_theta = self.log_theta[0]
             if self.log_theta.shape[0] > 1:
                 log_theta = self.log_theta[batch_index]
         zi_logits = None if self.zi_logits is None else self.zi_logits(h)
+        logits = self.gene_logits(h)
+        log_library = torch.log(library.clamp(min=1.0))
+        if mask is None:
+            return CountDistribution(
+                None,
+                log_theta,
+                zi_logits,
+                logits=logits,
+                log_library=log_library,
+                include_constant=include_constant,
+            )
+        # Renormalise the shares over the observed genes of each cell.
+        log_share = torch.log_softmax(logits, dim=-1)
+        observed_share = log_share.masked_fill(~mask, float("-inf"))
+        log_share = log_share - torch.logsumexp(observed_share, dim=-1, keepdim=True)
+        log_mu = log_share + log_library.unsqueeze(-1)
         return CountDistribution(log_mu, log_theta, zi_logits, include_constant=include_constant)
 
     # -- Pyro model and guide -----------------------------------------------------------------

@@ -11,7 +11,13 @@ from scvae._distributions import (
     poisson_log_prob,
     zinb_log_prob,
 )
-from scvae._objective import CountRows, digamma, lgamma, nb_rows_log_prob
+from scvae._objective import (
+    CountRows,
+    digamma,
+    lgamma,
+    nb_logits_rows_log_prob,
+    nb_rows_log_prob,
+)
 
 
 def _random_inputs(seed: int, n: int = 4000):
@@ -189,6 +195,47 @@ def test_rows_objective_equals_masked_sum_of_the_elementwise_one(per_cell_disper
     exact = CountDistribution(log_mu, log_theta, include_constant=True)
     rows_exact = CountRows(exact, mask, (rows, cols, x[rows, cols])).log_prob(x)
     torch.testing.assert_close(rows_exact, exact.log_prob(x).masked_fill(~mask, 0.0).sum(-1))
+
+
+def test_fused_objective_from_logits_equals_the_elementwise_one():
+    """The fused objective (from the decoder's logits, analytic backward) has the value and
+    the gradients (logits, dispersion, library) of the elementwise objective summed per cell:
+    with a cell without stored entries, stored zeros, huge counts and extreme dispersions."""
+    rng = np.random.default_rng(3)
+    n_cells, n_genes = 40, 70
+    logits = _t(rng.normal(0, 3, (n_cells, n_genes))).requires_grad_()
+    log_theta = _t(rng.uniform(np.log(1e-2), np.log(1e3), n_genes)).requires_grad_()
+    library = rng.uniform(10, 1e5, n_cells)
+    share = np.exp(logits.detach().numpy())
+    share /= share.sum(-1, keepdims=True)
+    mu, theta = share * library[:, None], np.exp(log_theta.detach().numpy())
+    x = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float64)
+    x[3] = 0.0  # a cell with no stored entry
+    x[5, :4] = rng.integers(10**5, 10**7, 4)
+    stored = x > 0
+    stored[7, :10] = True  # stored zeros add nothing
+    rows, cols = (torch.from_numpy(i) for i in np.nonzero(stored))
+    x = _t(x)
+    log_library = _t(np.log(library)).requires_grad_()
+    nonzeros = (rows, cols, x[rows, cols])
+
+    fused = nb_logits_rows_log_prob(logits, log_library, log_theta, nonzeros)
+    log_mu = torch.log_softmax(logits, -1) + log_library.unsqueeze(-1)
+    slow = nb_log_prob(x, log_mu, log_theta, include_constant=False).sum(-1)
+    torch.testing.assert_close(fused, slow, rtol=1e-10, atol=1e-8)
+    assert fused[3] != 0.0
+    weights = _t(rng.uniform(0.5, 2.0, n_cells))
+    inputs = (logits, log_theta, log_library)
+    fused_grads = torch.autograd.grad((weights * fused).sum(), inputs)
+    slow_grads = torch.autograd.grad((weights * slow).sum(), inputs)
+    for a, b in zip(fused_grads, slow_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-7)
+    # The model's counts site takes this route for per-gene NB without a mask.
+    counts = CountDistribution(
+        None, log_theta, logits=logits, log_library=log_library, include_constant=False
+    )
+    torch.testing.assert_close(CountRows(counts, None, nonzeros).log_prob(x), fused)
+    torch.testing.assert_close(counts.log_mu, log_mu)
 
 
 def test_our_digamma_matches_torch_over_the_range_of_counts_and_dispersions():

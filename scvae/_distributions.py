@@ -151,6 +151,18 @@ def poisson_log_prob(
     return out
 
 
+def _broadcast_shapes(shapes: list[torch.Size]) -> torch.Size:
+    """``torch.broadcast_shapes`` for a few shapes, without its cost per call (a distribution
+    is built at every training step)."""
+    out = [1] * max(len(s) for s in shapes)
+    for shape in shapes:
+        for i, n in enumerate(shape, len(out) - len(shape)):
+            if n != 1 and out[i] not in (1, n):
+                raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+            out[i] = n if n != 1 else out[i]
+    return torch.Size(out)
+
+
 class CountDistribution(TorchDistribution):
     """NB, ZINB or Poisson counts as one Pyro distribution, parametrised by the log-mean.
 
@@ -196,7 +208,7 @@ class CountDistribution(TorchDistribution):
         self.include_constant = include_constant
         first = log_mu if log_mu is not None else logits
         shapes = [first.shape] + [t.shape for t in (log_theta, zi_logits) if t is not None]
-        super().__init__(torch.broadcast_shapes(*shapes), validate_args=validate_args)
+        super().__init__(_broadcast_shapes(shapes), validate_args=validate_args)
 
     @property
     def log_mu(self) -> torch.Tensor:

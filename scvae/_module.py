@@ -183,13 +183,23 @@ class SCVAEModule(nn.Module):
         library: torch.Tensor,
         batch_index: torch.Tensor,
         mask: torch.Tensor | None = None,
+        nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of ``q(z | x)``.
 
         Counts are normalised to ``library_scale`` before ``log1p``, so that the encoder sees
         composition, not depth; depth enters the model through the observed library size.
+        With ``nonzeros`` (the stored entries of ``x``, as minibatches carry them), ``log1p``
+        runs on those only (it is 0 elsewhere); the input is the same.
         """
-        h = torch.log1p(x * (self.library_scale / library.clamp(min=1.0)).unsqueeze(-1))
+        factor = self.library_scale / library.clamp(min=1.0)
+        if nonzeros is None:
+            h = torch.log1p(x * factor.unsqueeze(-1))
+        else:
+            rows, cols, values = nonzeros
+            h = torch.zeros_like(x)
+            scaled = torch.log1p(values.to(x.dtype) * factor[rows])
+            h.view(-1).index_put_((rows * x.shape[1] + cols,), scaled)
         if self.encode_mask:
             observed = torch.ones_like(x) if mask is None else mask.to(x.dtype)
             h = torch.cat([h * observed, observed], dim=-1)
@@ -279,7 +289,7 @@ class SCVAEModule(nn.Module):
         """q(z | x): amortised mean-field normal; ``kl_weight`` is beta (with warm-up).
         The labels do not enter the guide."""
         with pyro.plate("cells", x.shape[0]), poutine.scale(scale=_scale(weight)):
-            loc, scale = self.encode(x, library, batch_index, mask)
+            loc, scale = self.encode(x, library, batch_index, mask, nonzeros)
             with poutine.scale(scale=kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 

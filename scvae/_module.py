@@ -42,6 +42,27 @@ LIKELIHOODS = ("nb", "zinb", "poisson")
 DISPERSIONS = ("gene", "gene-batch")
 
 
+class _Dropout(nn.Module):
+    """``nn.Dropout`` with a cheaper mask: 16 random bits per entry, four from each 64-bit
+    draw, so that the drop rate is ``p`` rounded to 1/65536 (``nn.Dropout`` draws a Bernoulli
+    variable per entry: 0.41 against 0.10 ms for 512 x 128 on 2 CPU cores)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = round(p * 65536) - 32768  # int16 values below it are dropped
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return h
+        words = -(-h.numel() // 4)
+        bits = torch.empty(words, dtype=torch.int64, device=h.device).random_(-(2**63), None)
+        keep = bits.view(torch.int16)[: h.numel()].view(h.shape) >= self.threshold
+        return h * (keep * (1.0 / (1.0 - self.p))).to(h.dtype)
+
+
 class _MLP(nn.Module):
     """Linear -> LayerNorm -> ReLU -> Dropout blocks; the batch one-hot enters every block."""
 
@@ -58,7 +79,7 @@ class _MLP(nn.Module):
                     nn.Linear(width, n_hidden),
                     nn.LayerNorm(n_hidden, elementwise_affine=False),
                     nn.ReLU(),
-                    nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+                    _Dropout(dropout) if dropout > 0 else nn.Identity(),
                 )
             )
 

@@ -26,10 +26,12 @@ __all__ = ["CountRows", "digamma", "lgamma", "nb_logits_rows_log_prob", "nb_rows
 def digamma(y: torch.Tensor) -> torch.Tensor:
     """``digamma(y)`` for ``y > 0`` in plain tensor arithmetic.
 
-    Five steps of the recurrence ``psi(y) = psi(y + 1) - 1 / y`` bring the argument to
-    ``y + 6 >= 6``, where the asymptotic series to ``z**-10`` is exact to ~1e-11 (relative).
-    In float32 as accurate as ``torch.digamma``, and about twice as fast on the CPU (26 k
-    entries: 0.28 against 0.49 ms on 2 cores).
+    Six steps of the recurrence ``psi(y) = psi(y + 1) - 1 / y`` bring the argument to
+    ``z = y + 6``, where the asymptotic series is exact to ~1e-11 in float64 (to ``z**-10``)
+    and below float32's rounding (to ``z**-6``). The six reciprocals are summed in pairs that
+    share ``a = y (y + 5)``: ``(2y + 5) (1/a + 1/(a + 4) + 1/(a + 6))``. In float32 as accurate
+    as ``torch.digamma``, and about twice as fast on the CPU (26 k entries: 0.19 against
+    0.44 ms on 2 cores).
 
     Examples
     --------
@@ -37,12 +39,15 @@ def digamma(y: torch.Tensor) -> torch.Tensor:
     >>> torch.allclose(digamma(y), torch.digamma(y))
     True
     """
+    a = y * (y + 5.0)  # (y + k)(y + 5 - k) = a + k (5 - k) for k = 0, 1, 2
+    shift = (a.reciprocal() + (a + 4.0).reciprocal() + (a + 6.0).reciprocal()) * (2.0 * y + 5.0)
     z = y + 6.0
     r = z.reciprocal()
     r2 = r * r
-    series = r2 * (1 / 12 - r2 * (1 / 120 - r2 * (1 / 252 - r2 * (1 / 240 - r2 / 132))))
-    # sum_{k<6} 1 / (y + k), two terms at a time: 1/a + 1/b = (a + b) / (a b).
-    shift = sum((2 * y + 2 * k + 1) / ((y + k) * (y + k + 1)) for k in (0, 2, 4))
+    if y.dtype == torch.float64:
+        series = r2 * (1 / 12 - r2 * (1 / 120 - r2 * (1 / 252 - r2 * (1 / 240 - r2 / 132))))
+    else:
+        series = r2 * (1 / 12 - r2 * (1 / 120 - r2 / 252))
     return torch.log(z) - 0.5 * r - series - shift
 
 

@@ -95,13 +95,22 @@ def _rare_group_data():
 def test_label_balancing_raises_rare_group_recall():
     adata = _rare_group_data()
     labels = adata.obs["cell_type"].to_numpy()
-    recalls = {}
-    for balance in (None, "labels"):
-        model = quick_fit(
-            adata, batch_key="batch", labels_key="cell_type", balance=balance, max_epochs=60
-        )
-        recalls[balance] = metrics.knn_scores(model.embed(adata), labels)["recall_smallest3"]
-    assert recalls["labels"] > recalls[None] + 0.2, recalls
+    recalls = {None: [], "labels": []}
+    # Without balancing, the rare groups' recall depends much on the seed (0.10-0.55 seen):
+    # the medians of three seeds are compared.
+    for seed in (0, 1, 2):
+        for balance in recalls:
+            model = quick_fit(
+                adata,
+                batch_key="batch",
+                labels_key="cell_type",
+                balance=balance,
+                max_epochs=60,
+                seed=seed,
+            )
+            scores = metrics.knn_scores(model.embed(adata), labels)
+            recalls[balance].append(scores["recall_smallest3"])
+    assert np.median(recalls["labels"]) > np.median(recalls[None]) + 0.2, recalls
 
 
 def test_label_head_predicts_unlabelled_cells():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from scvae._module import SCVAEModule
+from scvae._module import SCVAEModule, _Dropout
 from scvae._train import kl_weight_at, mean_field_loss
 
 
@@ -66,3 +66,29 @@ def test_kl_warmup_is_linear_and_positive():
     weights = [kl_weight_at(e, beta=2.0, warmup_epochs=10) for e in (0.5, 5, 10, 20)]
     np.testing.assert_allclose(weights, [0.1, 1.0, 2.0, 2.0])
     assert kl_weight_at(3, beta=1.0, warmup_epochs=0) == 1.0
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_drops_at_its_rate_keeps_the_mean_and_repeats_with_the_seed(p):
+    """The encoder's dropout (16 random bits per entry) drops each entry with probability p,
+    independently of its position, scales the rest by 1 / (1 - p), passes the same mask to
+    the gradient, does nothing in eval mode and repeats with the seed."""
+    layer = _Dropout(p)
+    h = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    out = layer(h)
+    dropped = (out == 0).double()
+    # 1e6 entries: the drop rate is within 5 standard errors, in every row and column
+    # block alike (the four 16-bit words of each draw are used alike).
+    assert abs(dropped.mean().item() - p) < 5 * np.sqrt(p * (1 - p) / 1e6)
+    by_word = dropped.reshape(-1, 4).mean(0)
+    assert (by_word - p).abs().max() < 5 * np.sqrt(p * (1 - p) / 2.5e5)
+    torch.testing.assert_close(
+        out.mean().double(), torch.tensor(1.0, dtype=torch.float64), atol=5e-3, rtol=0
+    )
+    out.sum().backward()
+    assert torch.equal(h.grad == 0, out == 0)
+    torch.manual_seed(0)
+    assert torch.equal(layer(h), out)
+    layer.eval()
+    assert torch.equal(layer(h), h)

@@ -25,6 +25,7 @@ from _common import PeakRSS, environment, markdown_table, prepare, scvi_epoch_ti
 
 from scvae import metrics
 from scvae._api import fit_counts
+from scvae._batches import minibatches_per_epoch
 from scvae._data import prepare_counts
 
 logger = logging.getLogger("benchmark")
@@ -48,7 +49,9 @@ def run_scvae(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True
     if not evaluate:
         return {"rss_increase_mb": rss.increase_mb}
     history = model.history
-    cells_per_epoch = len(train_idx) // args.batch_size * args.batch_size
+    # The cells of the minibatches fit trains on (a last one under half a batch is dropped).
+    steps = minibatches_per_epoch(len(train_idx), args.batch_size, drop_last=True)
+    cells_per_epoch = min(len(train_idx), steps * args.batch_size)
     # Training steps only, as SCVI's epoch timer (it validates nothing with train_size=1.0);
     # scvae's per-epoch held-out ELBO, which draws the curve below, is not counted.
     seconds = np.asarray(history["training_seconds"])

@@ -11,7 +11,8 @@ round >= 24 steps), median of ``--repeats`` rounds:
   boundary): minibatch, encoder, sample + KL, decoder, log-probability, backward, Adam;
 - ``SCVI module``: scvi-tools' ``VAE`` module with the same architecture, its loss, backward
   and Adam on the same dense minibatches, without Lightning or its data loader;
-- ``SCVI trainer``: ``SCVI.train`` as users run it (epochs 2.., from an epoch timer).
+- ``SCVI trainer``: ``SCVI.train`` as users run it (epochs 2.., from an epoch timer), per
+  ``batch_size`` cells (its epochs end with a partial minibatch).
 
     python benchmarks/step_profile.py --batch-sizes 128 512 2048
 """
@@ -164,7 +165,7 @@ def segments(module, source, device: torch.device, repeats: int) -> dict[str, fl
 
 
 def scvi_trainer_step(adata, batch_size: int, device: torch.device, repeats: int) -> float:
-    """Seconds per step of ``SCVI.train`` (median epoch after the first)."""
+    """Seconds per batch_size cells of ``SCVI.train`` (median epoch after the first)."""
     import scvi
 
     scvi.settings.seed = 0
@@ -184,14 +185,15 @@ def scvi_trainer_step(adata, batch_size: int, device: torch.device, repeats: int
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    return float(np.median(timer.seconds[1:])) / steps_per_epoch
+    # Seconds per batch_size cells (its last minibatch of an epoch is a partial one).
+    return float(np.median(timer.seconds[1:])) * batch_size / train.n_obs
 
 
 def profile_rows(adata, data, batch_size: int, args) -> list[dict]:
     device = torch.device(args.device)
-    source = MinibatchSource(
-        data, batch_size=batch_size, shuffle=True, drop_last=True, device=device
-    )
+    # Full minibatches only, so that every timed step is of batch_size cells.
+    full = np.arange(data.n_cells // batch_size * batch_size)
+    source = MinibatchSource(data, full, batch_size=batch_size, shuffle=True, device=device)
     module = scvae_module(data, device, source)
     steps = {
         "scvae (Pyro)": updater(module, lambda b: _step_loss(module, b, 1.0, False)),

@@ -29,7 +29,7 @@ from ._data import CountData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Minibatch", "MinibatchSource", "ResidentCSR"]
+__all__ = ["Minibatch", "MinibatchSource", "ResidentCSR", "minibatches_per_epoch"]
 
 # Share of the GPU's free memory the resident counts may take.
 _RESIDENT_SHARE = 0.5
@@ -156,8 +156,10 @@ class MinibatchSource:
     rng
         Random generator for the shuffling.
     drop_last
-        Skip a last minibatch smaller than ``batch_size`` (training only; a size-1 batch
-        would give a noisy step). Never drops when the source holds fewer cells than one batch.
+        Skip a last minibatch smaller than half of ``batch_size`` (training only: a tiny
+        batch would give a noisy step; a larger one is kept, so that large batches on small
+        data still see every cell each epoch). Never drops when the source holds fewer cells
+        than one batch.
     sample_weights
         One weight per cell of ``indices``: each epoch then draws ``len(indices)`` cells with
         replacement, with probability proportional to the weight (class balancing).
@@ -234,8 +236,7 @@ class MinibatchSource:
         }
 
     def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return minibatches_per_epoch(len(self.indices), self.batch_size, self.drop_last)
 
     @property
     def n_cells(self) -> int:
@@ -314,6 +315,13 @@ def _gathered(
     mask = None if missing is None else ~missing.dense_rows(rows, host_rows)[0]
     picked = {k: None if v is None else v[rows] for k, v in covariates.items()}
     return Minibatch(x, mask=mask, nonzeros=(row_of, cols, values), **picked)
+
+
+def minibatches_per_epoch(n_cells: int, batch_size: int, drop_last: bool) -> int:
+    """Minibatches in one pass over ``n_cells``: the full ones, and the last partial one
+    unless ``drop_last`` and it holds fewer than half of ``batch_size`` cells."""
+    full, rest = divmod(n_cells, batch_size)
+    return full + int(rest > 0 and (not drop_last or 2 * rest >= batch_size))
 
 
 def stored_entries(

@@ -26,7 +26,8 @@ def test_resumed_fit_equals_an_uninterrupted_one_bitwise(monkeypatch, tmp_path, 
 
     def interrupt_in_epoch_5(module, batch, kl_weight, exact):
         calls["n"] += 1
-        if calls["n"] == 5 * (180 // 32 + 1) + 2:  # 5 training steps + 1 validation per epoch
+        # 6 training steps (5 full minibatches of 32 and one of 20) + 1 validation per epoch
+        if calls["n"] == 5 * (6 + 1) + 2:
             raise KeyboardInterrupt
         return step_loss(module, batch, kl_weight, exact)
 

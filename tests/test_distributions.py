@@ -236,6 +236,10 @@ def test_fused_objective_from_logits_equals_the_elementwise_one():
     )
     torch.testing.assert_close(CountRows(counts, None, nonzeros).log_prob(x), fused)
     torch.testing.assert_close(counts.log_mu, log_mu)
+    with pytest.raises(ValueError, match="either log_mu, or logits and log_library"):
+        CountDistribution(log_mu, log_theta, logits=logits, log_library=log_library)
+    with pytest.raises(ValueError, match="either log_mu, or logits and log_library"):
+        CountDistribution(None, log_theta, logits=logits)
 
 
 def test_our_digamma_matches_torch_over_the_range_of_counts_and_dispersions():

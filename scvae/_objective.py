@@ -3,9 +3,11 @@
 A minibatch carries the positions and values of its stored (nonzero) counts beside the dense
 block (``Minibatch.nonzeros``). The training objective of the NB likelihood, summed over each
 cell's observed genes, needs ``lgamma`` (and ``digamma`` in the backward pass) only at those
-entries, and no search for them: :func:`nb_rows_log_prob`. :class:`CountRows` is the
-model's ``counts`` site: one event per cell, which takes this route when it can and the
-elementwise log-probability of :class:`~scvae._distributions.CountDistribution` otherwise.
+entries, and no search for them: :func:`nb_rows_log_prob`, or, for one dispersion per gene
+and no missing values, :func:`nb_logits_rows_log_prob`, which starts from the decoder's
+logits and writes its gradient out. :class:`CountRows` is the model's ``counts`` site: one
+event per cell, which takes these routes when it can and the elementwise log-probability of
+:class:`~scvae._distributions.CountDistribution` otherwise.
 Reported likelihoods never take it (they need the exact float64 route).
 """
 
@@ -241,8 +243,9 @@ class CountRows(TorchDistribution):
 
     Wraps a 2-d :class:`CountDistribution` with the observation mask and, optionally, the
     stored entries of the observed minibatch. :meth:`log_prob` returns each cell's masked sum:
-    for the NB training objective with ``nonzeros`` it uses :func:`nb_rows_log_prob`;
-    otherwise the elementwise log-probability, masked and summed.
+    for the NB training objective with ``nonzeros`` it uses :func:`nb_logits_rows_log_prob`
+    (logits given, per-gene dispersion, no mask) or :func:`nb_rows_log_prob`; otherwise the
+    elementwise log-probability, masked and summed.
     Sampling draws from the base distribution (missing entries too).
     """
 

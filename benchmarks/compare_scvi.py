@@ -27,6 +27,7 @@ from scvae import metrics
 from scvae._api import fit_counts
 from scvae._batches import minibatches_per_epoch
 from scvae._data import prepare_counts
+from scvae._settings import FitSettings
 
 logger = logging.getLogger("benchmark")
 
@@ -36,15 +37,17 @@ def run_scvae(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True
     with PeakRSS() as rss:
         model = fit_counts(
             data,
+            FitSettings(
+                max_epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=1e-3,
+                kl_warmup=args.kl_warmup,
+                early_stopping=False,
+                progress=False,
+                seed=seed,
+                device=args.device,
+            ),
             validation_indices=test_idx,
-            max_epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=1e-3,
-            kl_warmup=args.kl_warmup,
-            early_stopping=False,
-            progress=False,
-            seed=seed,
-            device=args.device,
         )
     if not evaluate:
         return {"rss_increase_mb": rss.increase_mb}

@@ -29,6 +29,7 @@ import scvae
 from scvae._api import fit_counts
 from scvae._data import prepare_counts
 from scvae._ppc import compare_counts
+from scvae._settings import FitSettings
 
 
 def main() -> None:
@@ -46,13 +47,15 @@ def main() -> None:
         train, test = adata[train_idx].copy(), adata[test_idx].copy()
         ours = fit_counts(
             prepare_counts(train, batch_key=batch_key, labels_key="cell_type"),
-            batch_key=batch_key,
-            labels_key="cell_type",
-            max_epochs=args.epochs,
-            early_stopping=False,
-            validation_fraction=0.0,
-            progress=False,
-            seed=0,
+            FitSettings(
+                batch_key=batch_key,
+                labels_key="cell_type",
+                max_epochs=args.epochs,
+                early_stopping=False,
+                validation_fraction=0.0,
+                progress=False,
+                seed=0,
+            ),
         )
         reference = fit_scvi_reference(train, batch_key=batch_key, epochs=args.epochs)
         scvi_draws = reference.posterior_predictive_sample(test, n_samples=1).to_scipy_sparse()

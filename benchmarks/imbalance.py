@@ -21,6 +21,7 @@ from sklearn.metrics import balanced_accuracy_score
 from scvae import metrics
 from scvae._api import fit_counts
 from scvae._data import prepare_counts
+from scvae._settings import FitSettings
 
 
 def embeddings(adata, train_idx, epochs: int | None) -> dict[str, np.ndarray]:
@@ -32,11 +33,13 @@ def embeddings(adata, train_idx, epochs: int | None) -> dict[str, np.ndarray]:
     for name, balance in (("scvae", None), ("scvae labels", "labels"), ("scvae auto", "auto")):
         model = fit_counts(
             data,
-            balance=balance,
-            labels_key="cell_type",
-            max_epochs=epochs,
-            progress=False,
-            seed=0,
+            FitSettings(
+                balance=balance,
+                labels_key="cell_type",
+                max_epochs=epochs,
+                progress=False,
+                seed=0,
+            ),
         )
         out[name] = model.embed(adata)
     scvi.settings.seed = 0

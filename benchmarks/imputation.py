@@ -37,6 +37,7 @@ from scvae._api import fit_counts
 from scvae._data import prepare_counts
 from scvae._distributions import CountDistribution
 from scvae._impute import count_interval, predictive_draws
+from scvae._settings import FitSettings
 from scvae.datasets import simulate
 from scvae.metrics import randomized_pit
 
@@ -208,14 +209,16 @@ def main() -> None:
         train, test = adata[train_idx].copy(), adata[test_idx].copy()
         ours = fit_counts(
             prepare_counts(train, batch_key=batch_key),
-            batch_key=batch_key,
-            max_epochs=args.epochs,
-            batch_size=128,
-            lr=1e-3,
-            early_stopping=False,
-            validation_fraction=0.0,
-            progress=False,
-            seed=0,
+            FitSettings(
+                batch_key=batch_key,
+                max_epochs=args.epochs,
+                batch_size=128,
+                lr=1e-3,
+                early_stopping=False,
+                validation_fraction=0.0,
+                progress=False,
+                seed=0,
+            ),
         )
         reference = fit_scvi_reference(train, batch_key=batch_key, epochs=args.epochs)
         truth = test.X.toarray()

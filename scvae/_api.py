@@ -3,37 +3,31 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from anndata import AnnData
 
 from . import _distributed as ddp
-from ._backed import StreamingData
-from ._balance import check_balance, cluster_labels, label_head
+from ._balance import label_head
 from ._checkpoint import Checkpointing, fit_identity
-from ._data import CountData, missing_genes, prepare_counts
-from ._device import cuda_devices, resolve_device
+from ._data import CountData
+from ._device import seeded
 from ._model import SCVAE
 from ._module import SCVAEModule
+from ._read import ReadSpec, read_counts
 from ._reference import LatentReference, build_reference
 from ._results import report_all_zero_genes, write_results
-from ._sources import memory_sources
-from ._stream import streaming_sources
+from ._settings import FitSettings
+from ._sources import make_sources
 from ._train import NonFiniteLossError, train
+from .metrics import leiden_clusters
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_max_epochs", "fit"]
-
-
-def default_max_epochs(n_cells: int) -> int:
-    """About 8M cell visits, capped to [20, 400] epochs (early stopping usually ends sooner)."""
-    return int(np.clip(round(8_000_000 / n_cells), 20, 400))
+__all__ = ["fit", "fit_counts"]
 
 
 def fit(
@@ -165,234 +159,150 @@ def fit(
     under ``torchrun``) each process trains on its share with DistributedDataParallel. See
     ``docs/scaling.md``.
     """
-    options = {k: v for k, v in locals().items() if k not in ("adata", "key_added")}
-    check_balance(balance, labels_key=labels_key, batch_key=batch_key)
-    if isinstance(adata, AnnData) and adata.isbacked:
-        from ._backed_fit import fit_backed
-
-        return fit_backed(adata, key_added=key_added, **options)
-    data = prepare_counts(
-        adata, layer=layer, batch_key=batch_key, labels_key=labels_key, mask_layer=mask_layer
-    )
-    unmeasured = missing_genes(data)
-    if unmeasured:
-        raise ValueError(
-            f"{len(unmeasured)} genes have every entry missing (e.g. {unmeasured[:5]}); "
-            "nothing can be learnt about them: remove them before fitting"
-        )
-    zero_genes = report_all_zero_genes(data.gene_names, data.counts.sum(axis=0))
-    model = fit_counts(data, **options)
-    model.settings["key_added"] = key_added
-    write_results(adata, model, data, key_added, zero_genes)
+    settings = FitSettings(**{k: v for k, v in locals().items() if k != "adata"})
+    spec = ReadSpec(layer, batch_key, labels_key, mask_layer)
+    data = read_counts(adata, spec)
+    zero_genes = report_all_zero_genes(data)
+    try:
+        model = fit_counts(data, settings)
+        write_results(adata, model, data, zero_genes)
+    finally:
+        data.close()
     return model
 
 
 def fit_counts(
-    data: CountData | StreamingData,
+    data: CountData,
+    settings: FitSettings | None = None,
     *,
     validation_indices: np.ndarray | None = None,
     sample_weights: np.ndarray | None = None,
-    layer: str | None = None,
-    batch_key: str | None = None,
-    labels_key: str | None = None,
-    mask_layer: str | None = None,
-    balance: str | None = None,
-    classification_weight: float = 50.0,
-    likelihood: str = "nb",
-    dispersion: str = "gene",
-    n_latent: int = 10,
-    n_hidden: int = 128,
-    n_layers: int = 1,
-    dropout: float = 0.1,
-    beta: float = 1.0,
-    kl_warmup: int | None = None,
-    max_epochs: int | None = None,
-    batch_size: int = 128,
-    lr: float | None = None,
-    early_stopping: bool = True,
-    validation_fraction: float = 0.1,
-    patience: int = 20,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 10,
-    resume: bool = False,
 ) -> SCVAE:
-    """Fit on prepared :class:`~scvae._data.CountData`; :func:`fit` without the AnnData.
+    """Fit on counts already read (:func:`scvae._data.read_counts`): :func:`fit` without
+    the AnnData, for benchmarks and for the first fit of ``balance="auto"``.
 
     ``validation_indices`` fixes the held-out cells (e.g. a benchmark's test split: their
     ELBO is then recorded every epoch) instead of drawing ``validation_fraction`` of them.
-    ``layer``, ``batch_key``, ``labels_key`` and ``mask_layer`` are recorded so that the model
-    reads new AnnData the same way. ``sample_weights`` (one per cell of ``data``): training
-    cells are drawn with probability proportional to them (for class balancing, see
-    :mod:`scvae._balance`). Other arguments as in :func:`fit`.
+    ``sample_weights`` (one per cell of ``data``): training cells are drawn with probability
+    proportional to them (for class balancing, see :mod:`scvae._balance`).
     """
-    settings = {
-        k: v
-        for k, v in locals().items()
-        if k not in ("data", "validation_indices", "sample_weights")
-    }
-    check_balance(
-        balance,
-        labels_key="given" if data.labels is not None else None,
-        batch_key="given" if len(data.batch_categories) > 1 else None,
-    )
+    given = FitSettings() if settings is None else settings
+    _check_against_data(data, given)
     head_labels = data.labels
-    if balance == "auto":
-        head_labels = cluster_labels(fit_counts, data, settings, validation_indices)
-        balance = "labels"
-    device = resolve_device(device)
-    max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else int(max_epochs)
-    if max_epochs < 1 or batch_size < 1:
-        raise ValueError("max_epochs and batch_size must be positive")
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}")
-    kl_warmup = max(1, max_epochs // 8) if kl_warmup is None else int(kl_warmup)
-    lr = default_lr(batch_size * ddp.rank_world()[1]) if lr is None else lr
-    settings.update(max_epochs=max_epochs, kl_warmup=kl_warmup, lr=lr, device=str(device))
-    _check_options(data, settings)
+    if given.balance == "auto":
+        head_labels = _cluster_labels(data, given, validation_indices)
+    settings = given.resolved(data.n_cells, ddp.rank_world()[1])
+    device = torch.device(settings.device)
     checkpointing = None
-    if checkpoint_dir is not None:
-        settings["checkpoint_dir"] = str(checkpoint_dir)
-        identity = fit_identity(data.gene_names, data.n_cells, settings)
-        checkpointing = Checkpointing(Path(checkpoint_dir), int(checkpoint_every), identity)
-        if resume:
+    if settings.checkpoint_dir is not None:
+        identity = fit_identity(data.gene_names, data.n_cells, settings.identity())
+        checkpointing = Checkpointing(
+            Path(settings.checkpoint_dir), int(settings.checkpoint_every), identity
+        )
+        if settings.resume:
             checkpointing.resume_state = checkpointing.read()
-    elif resume:
-        raise ValueError("resume=True needs the checkpoint_dir of the fit to resume")
 
-    with torch.random.fork_rng(devices=cuda_devices(device)):
-        torch.manual_seed(seed)
-        if isinstance(data, StreamingData):
-            train_source, val_source = streaming_sources(
-                data,
-                validation_fraction=validation_fraction,
-                early_stopping=early_stopping,
-                batch_size=batch_size,
-                seed=seed,
-                device=device,
+    with_labels = given.balance in ("labels", "auto")
+    with seeded(settings.seed, device):
+        labelled = replace(data, labels=head_labels) if with_labels else data
+        sources = make_sources(
+            labelled,
+            settings,
+            validation_indices=validation_indices,
+            sample_weights=sample_weights,
+            with_labels=with_labels,
+        )
+        head = {}
+        if with_labels:
+            names = data.label_categories if given.balance == "labels" else None
+            head = label_head(
+                head_labels[sources.train_cells], names, settings.classification_weight
             )
-            library_scale = train_source.median_library()
-            if balance is not None:
-                raise NotImplementedError(
-                    "balance= is not supported for disk-backed data yet; load the cells "
-                    "with adata.to_memory() to balance them"
-                )
-            head = {}
-        else:
-            labelled = replace(data, labels=head_labels) if balance == "labels" else data
-            train_source, val_source, train_idx = memory_sources(
-                labelled,
-                validation_indices,
-                validation_fraction,
-                early_stopping,
-                batch_size,
-                device,
-                seed,
-                sample_weights,
-                with_labels=balance == "labels",
-                balance_batches=balance == "batch",
-            )
-            library_scale = float(np.median(data.library[train_source.indices]))
-            head = {}
-            if balance == "labels":
-                names = data.label_categories if settings["balance"] == "labels" else None
-                head = label_head(head_labels[train_idx], names, classification_weight)
         module = SCVAEModule(
             data.n_genes,
             len(data.batch_categories),
-            n_latent=n_latent,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            likelihood=likelihood,
-            dispersion=dispersion,
-            dropout=dropout,
             encode_mask=data.missing is not None,
-            library_scale=library_scale,
+            library_scale=sources.train.median_library(),
+            **settings.module_options(),
             **head,
         ).to(device)
+        val_source = sources.validation
         logger.info(
             "training on %d cells (%d held out for validation), %d genes, %s, up to %d epochs",
-            train_source.n_cells,
+            sources.train.n_cells,
             0 if val_source is None else val_source.n_cells,
             data.n_genes,
             device,
-            max_epochs,
-        )
-        train_options = dict(
-            max_epochs=max_epochs,
-            lr=lr,
-            beta=beta,
-            kl_warmup_epochs=kl_warmup,
-            early_stopping=early_stopping and val_source is not None,
-            patience=patience,
-            progress=progress,
-            checkpointing=checkpointing,
+            settings.max_epochs,
         )
         try:
-            history = train(module, train_source, val_source, **train_options)
+            history = train(
+                module,
+                sources.train,
+                val_source,
+                checkpointing=checkpointing,
+                **settings.train_options(validating=val_source is not None),
+            )
         except NonFiniteLossError as error:
             # Hand the user the model at its last finite state, without writing anything.
             error.model = _model(module, data, settings, {})
             raise
-        reference = build_reference(module, data, labels_key=labels_key, device=device, seed=seed)
+        reference = build_reference(
+            module, data, labels_key=settings.labels_key, device=device, seed=settings.seed
+        )
     return _model(module, data, settings, history, reference)
+
+
+def _check_against_data(data: CountData, settings: FitSettings) -> None:
+    """What the settings need from the data: cells, labels, several batches."""
+    if data.n_cells < 2:
+        raise ValueError(f"adata has {data.n_cells} cell(s); fitting needs at least 2 cells")
+    if settings.balance == "labels" and data.labels is None:
+        raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
+    if settings.balance == "batch" and len(data.batch_categories) <= 1:
+        raise ValueError("balance='batch' needs batch_key with at least two batches")
+    if settings.balance is not None and data.backed:
+        raise NotImplementedError(
+            "balance= is not supported for disk-backed data yet; load the cells "
+            "with adata.to_memory() to balance them"
+        )
+
+
+def _cluster_labels(
+    data: CountData, settings: FitSettings, validation_indices: np.ndarray | None
+) -> np.ndarray:
+    """Leiden clusters of a first, unbalanced fit: the classes of ``balance="auto"``."""
+    logger.info("balance='auto': first fit, then Leiden clusters of its latent space")
+    first_settings = replace(
+        settings, balance=None, progress=False, checkpoint_dir=None, resume=False
+    )
+    first = fit_counts(data, first_settings, validation_indices=validation_indices)
+    clusters = leiden_clusters(first.embed_data(data), seed=settings.seed)
+    codes = np.unique(clusters, return_inverse=True)[1].astype(np.int64)
+    logger.info("balance='auto': %d clusters, sizes %s", codes.max() + 1, np.bincount(codes))
+    return codes
 
 
 def _model(
     module: SCVAEModule,
     data: CountData,
-    settings: dict,
+    settings: FitSettings,
     history: dict,
     reference: LatentReference | None = None,
 ) -> SCVAE:
+    record = settings.record()
+    if data.backed:
+        record["backed"] = True
     return SCVAE(
         module,
         gene_names=data.gene_names,
         batch_categories=data.batch_categories,
         label_categories=data.label_categories,
-        layer=settings["layer"],
-        batch_key=settings["batch_key"],
-        labels_key=settings["labels_key"],
-        mask_layer=settings["mask_layer"],
-        settings=settings,
+        layer=settings.layer,
+        batch_key=settings.batch_key,
+        labels_key=settings.labels_key,
+        mask_layer=settings.mask_layer,
+        settings=record,
         history=history,
         reference=reference,
     )
-
-
-def default_lr(cells_per_step: int) -> float:
-    """Adam's learning rate for ``cells_per_step`` cells per update: ``1e-3`` up to 128 cells,
-    then ``1e-3`` per 128 cells, at most ``1.6e-2`` (2048 cells, the largest batch measured).
-
-    Linear scaling beat square-root scaling on pbmc4k (held-out ELBO after 100 epochs: -615
-    vs -622 at 512 cells, -633 vs -644 at 2048) and was stable; above 2048 cells per step the
-    rate is held, not extrapolated.
-
-    Examples
-    --------
-    >>> default_lr(128), default_lr(512), default_lr(65536)
-    (0.001, 0.004, 0.016)
-    """
-    return 1e-3 * min(max(cells_per_step / 128, 1.0), 16.0)
-
-
-def _check_options(data: CountData, settings: dict[str, Any]) -> None:
-    """Reject option values that would fail deep inside torch or train a degenerate model."""
-    if data.n_cells < 2:
-        raise ValueError(f"adata has {data.n_cells} cell(s); fitting needs at least 2 cells")
-    for name in ("n_latent", "n_hidden", "n_layers", "patience"):
-        value = settings[name]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not 0.0 <= settings["dropout"] < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {settings['dropout']!r}")
-    if not (math.isfinite(settings["lr"]) and settings["lr"] > 0):
-        raise ValueError(f"lr must be a positive number, got {settings['lr']!r}")
-    if settings["checkpoint_every"] < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {settings['checkpoint_every']!r}")
-    if settings["kl_warmup"] < 0:
-        raise ValueError(f"kl_warmup must be >= 0, got {settings['kl_warmup']!r}")
-    if not math.isfinite(settings["beta"]):
-        raise ValueError(f"beta must be finite, got {settings['beta']!r}")

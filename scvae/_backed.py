@@ -141,6 +141,8 @@ class StreamingData:
     labels: np.ndarray | None = None
     label_categories: list[str] = field(default_factory=list)
     missing: None = None
+    #: The counts stay in the file (:class:`~scvae._data.CountData` holds them in memory).
+    backed = True
 
     @property
     def n_cells(self) -> int:
@@ -153,6 +155,10 @@ class StreamingData:
     @property
     def n_chunks(self) -> int:
         return -(-self.n_cells // self.chunk_rows)
+
+    def close(self) -> None:
+        """Close the file."""
+        self.matrix.close()
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         start = chunk * self.chunk_rows

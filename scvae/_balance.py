@@ -21,16 +21,13 @@ multiplied by large factors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ._data import CountData
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["BALANCE", "balance_weights", "check_balance", "class_weights", "cluster_labels"]
+__all__ = ["balance_weights", "class_weights", "label_head"]
 
 
 def balance_weights(codes: np.ndarray, *, max_ratio: float = 5.0) -> np.ndarray:
@@ -110,37 +107,3 @@ def label_head(
         "classification_weight": float(classification_weight),
         "class_weights": class_weights(codes, len(names)).tolist(),
     }
-
-
-BALANCE = (None, "labels", "batch", "auto")
-
-
-def check_balance(balance: str | None, *, labels_key: str | None, batch_key: str | None) -> None:
-    """Errors for a ``balance`` value that cannot work with the given keys."""
-    if balance not in BALANCE:
-        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    if balance == "labels" and labels_key is None:
-        raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
-    if balance == "batch" and batch_key is None:
-        raise ValueError("balance='batch' needs batch_key with at least two batches")
-
-
-def cluster_labels(
-    fit_counts: Callable[..., Any],
-    data: CountData,
-    settings: dict[str, Any],
-    validation_indices: np.ndarray | None,
-) -> np.ndarray:
-    """Leiden clusters of a first, unbalanced fit: the classes of ``balance="auto"``."""
-    from .metrics import leiden_clusters
-
-    skip = ("balance", "progress", "checkpoint_dir", "resume")
-    options = {k: v for k, v in settings.items() if k not in skip}
-    logger.info("balance='auto': first fit, then Leiden clusters of its latent space")
-    first = fit_counts(
-        data, validation_indices=validation_indices, balance=None, progress=False, **options
-    )
-    clusters = leiden_clusters(first.embed_data(data), seed=settings["seed"])
-    codes = np.unique(clusters, return_inverse=True)[1].astype(np.int64)
-    logger.info("balance='auto': %d clusters, sizes %s", codes.max() + 1, np.bincount(codes))
-    return codes

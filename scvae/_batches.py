@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.special import gammaln
 
 from ._data import CountData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Minibatch", "MinibatchSource", "ResidentCSR", "minibatches_per_epoch"]
+__all__ = ["Minibatch", "MinibatchSource", "ResidentCSR", "Source", "minibatches_per_epoch"]
 
 # Share of the GPU's free memory the resident counts may take.
 _RESIDENT_SHARE = 0.5
@@ -131,11 +132,46 @@ class Minibatch(NamedTuple):
     x: torch.Tensor
     library: torch.Tensor
     batch_index: torch.Tensor
-    mask: torch.Tensor | None
-    weight: torch.Tensor | None
+    #: True where an entry was observed; ``None`` when every entry was.
+    observed: torch.Tensor | None
     labels: torch.Tensor | None = None
     #: ``(rows, cols, values)`` of the stored entries of ``x`` (see ``CountRows``).
     nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+class Source(Protocol):
+    """What the training loop, the reference builder and the encoders need of minibatches:
+    random rows in memory (:class:`MinibatchSource`) and shuffled blocks of a backed file
+    (:class:`~scvae._stream.ChunkSource`) are two sources behind this one protocol."""
+
+    device: torch.device
+    batch_size: int
+
+    @property
+    def n_cells(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Minibatch]: ...
+
+    def median_library(self) -> float:
+        """Median observed library size of the source's cells."""
+        ...
+
+    def log_factorial_per_cell(self) -> float:
+        """Mean over the source's cells of sum_g lgamma(x_g + 1): the constant the training
+        objective leaves out, added back so that reported losses are exact."""
+        ...
+
+    def cells_of_step(self, step: int) -> np.ndarray:
+        """Rows of the cells of minibatch ``step`` of the last epoch (empty if not kept)."""
+        ...
+
+    def random_state(self) -> dict:
+        """What decides the next epochs' minibatches, for a checkpoint."""
+        ...
+
+    def set_random_state(self, state: dict) -> None: ...
 
 
 class MinibatchSource:
@@ -197,7 +233,6 @@ class MinibatchSource:
         self.device = torch.device(device)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.drop_last = drop_last and len(self.indices) > self.batch_size
-        self._uniform_weight = bool(np.all(data.weight == 1.0))
         self.sample_p = None
         #: The cells of the current (or last) epoch, in the order the minibatches take them.
         self.order = self.indices
@@ -231,12 +266,28 @@ class MinibatchSource:
         return {
             "library": move(data.library),
             "batch_index": move(data.batch_index),
-            "weight": None if self._uniform_weight else move(data.weight),
             "labels": move(data.labels) if self.with_labels else None,
         }
 
     def __len__(self) -> int:
         return minibatches_per_epoch(len(self.indices), self.batch_size, self.drop_last)
+
+    def median_library(self) -> float:
+        return float(np.median(self.data.library[self.indices]))
+
+    def log_factorial_per_cell(self) -> float:
+        # Zeros contribute lgamma(1) = 0: the stored values of the rows are all that is needed.
+        values = self.data.counts[self.indices].data
+        return float(gammaln(values + 1.0).sum() / max(self.n_cells, 1))
+
+    def cells_of_step(self, step: int) -> np.ndarray:
+        return self.order[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def random_state(self) -> dict:
+        return {"numpy": self.rng.bit_generator.state}
+
+    def set_random_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["numpy"]
 
     @property
     def n_cells(self) -> int:
@@ -292,12 +343,12 @@ class MinibatchSource:
     ) -> Minibatch:
         device = self.device
         x = torch.from_numpy(counts.toarray()).to(device, non_blocking=True)
-        mask = None
+        observed = None
         if missing is not None:
-            mask = ~torch.from_numpy(missing.toarray()).to(device, non_blocking=True)
+            observed = ~torch.from_numpy(missing.toarray()).to(device, non_blocking=True)
         return Minibatch(
             x,
-            mask=mask,
+            observed=observed,
             nonzeros=stored_entries(counts, device),
             **self._covariates_on_device(cells),
         )
@@ -312,9 +363,9 @@ def _gathered(
 ) -> Minibatch:
     """The minibatch of ``rows`` of device-side counts, mask and covariates."""
     x, row_of, cols, values = counts.dense_rows(rows, host_rows)
-    mask = None if missing is None else ~missing.dense_rows(rows, host_rows)[0]
+    observed = None if missing is None else ~missing.dense_rows(rows, host_rows)[0]
     picked = {k: None if v is None else v[rows] for k, v in covariates.items()}
-    return Minibatch(x, mask=mask, nonzeros=(row_of, cols, values), **picked)
+    return Minibatch(x, observed=observed, nonzeros=(row_of, cols, values), **picked)
 
 
 def minibatches_per_epoch(n_cells: int, batch_size: int, drop_last: bool) -> int:

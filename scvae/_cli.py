@@ -1,22 +1,22 @@
 """``python -m scvae fit`` and ``python -m scvae embed``: files in, files out, for clusters.
 
 Both read the h5ad backed (streamed in blocks of rows) unless ``--in-memory`` is given, and
-both run under ``torchrun``: every process trains (or embeds) its share, rank 0 writes. The
-model folder appears only when the whole job succeeded: rank 0 writes it under a temporary
-name after all ranks finished and renames it into place.
+both run under ``torchrun``: every process trains (or embeds) its share, rank 0 writes. ``--out``
+is checked before training (an existing folder needs ``--overwrite``, and only an scvae model
+folder is ever replaced); the model is written with :meth:`SCVAE.save`, atomically, only when
+the whole job succeeded, so the old model stays readable until the new one replaces it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from . import _distributed as ddp
+from ._io import check_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
     import scvae
 
     out: Path = args.out
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite")
+    # Before any training: a bad --out fails in the first second, not after the fit.
+    check_model_path(out, overwrite=args.overwrite, flag="--overwrite")
     _check_output(args.embedding, args.file)
     adata = _read(args.file, args.in_memory)
     device = ddp.local_device() if distributed else args.device
@@ -114,7 +114,9 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
     # fail in their next collective): only now does rank 0 write.
     ddp.barrier()
     if ddp.rank_world()[0] == 0:
-        save_atomically(model, out, overwrite=args.overwrite)
+        # Atomic: the old model stays readable until the new one replaces it in one step.
+        model.save(out, overwrite=args.overwrite)
+        logger.info("model written to %s", out)
         if args.embedding is not None:
             _write_embedding(args.embedding, adata, adata.obsm["X_scvae"])
     ddp.barrier()
@@ -131,29 +133,6 @@ def _embed(args: argparse.Namespace, distributed: bool) -> None:
     if ddp.rank_world()[0] == 0:
         _write_embedding(args.out, adata, z)
     ddp.barrier()
-
-
-def save_atomically(model, out: Path, *, overwrite: bool = False) -> Path:
-    """Write the model folder under a temporary name beside ``out``, then rename it: a crash
-    leaves no half-written model at ``out``.
-
-    Examples
-    --------
-    >>> save_atomically(model, Path("atlas_model"))  # doctest: +SKIP
-    """
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save(tmp)
-    if out.exists():
-        if not overwrite:
-            shutil.rmtree(tmp)
-            raise FileExistsError(f"{out} exists: pass overwrite=True")
-        shutil.rmtree(out)
-    tmp.rename(out)
-    logger.info("model written to %s", out)
-    return out
 
 
 def _check_output(out: Path | None, source: Path) -> None:

@@ -2,8 +2,7 @@
 
 Everything here reads the user's AnnData and never writes to it. The counts are kept as a
 CSR matrix (sparse input stays sparse; dense input is converted once), missing entries
-(NaN) are recorded in a separate sparse mask, and every cell carries a weight (all ones
-unless a balancing scheme sets them).
+(NaN) are recorded in a separate sparse matrix, ``missing`` (True = missing).
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ class CountData:
         Observed library size per cell (sum over observed entries).
     batch_index
         Integer batch code per cell (all 0 without a batch covariate).
-    weight
-        Per-cell weight of the likelihood and KL terms (mean 1).
     labels
         Integer label code per cell, -1 where unlabelled; ``None`` without ``labels_key``.
     """
@@ -51,7 +48,6 @@ class CountData:
     missing: sp.csr_matrix | None
     library: np.ndarray
     batch_index: np.ndarray
-    weight: np.ndarray
     gene_names: list[str]
     cell_names: list[str]
     batch_categories: list[str] = field(default_factory=list)
@@ -67,6 +63,17 @@ class CountData:
     @property
     def n_genes(self) -> int:
         return self.counts.shape[1]
+
+    #: The counts are in memory (:class:`~scvae._backed.StreamingData` reads them from a file).
+    backed = False
+
+    def close(self) -> None:
+        """Nothing to release: the counts are in memory."""
+
+    @property
+    def gene_totals(self) -> np.ndarray:
+        """Counts of each gene summed over cells."""
+        return np.asarray(self.counts.sum(axis=0), dtype=np.float64).ravel()
 
 
 def prepare_counts(
@@ -125,7 +132,6 @@ def prepare_counts(
         missing=missing,
         library=library.astype(np.float32),
         batch_index=batch_index,
-        weight=np.ones(adata.n_obs, dtype=np.float32),
         gene_names=genes,
         cell_names=[str(c) for c in adata.obs_names],
         batch_categories=batch_cats,

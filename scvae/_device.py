@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
-__all__ = ["cuda_devices", "resolve_device"]
+__all__ = ["cuda_devices", "resolve_device", "seeded"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -30,3 +33,22 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def cuda_devices(device: torch.device) -> list[int]:
     """The CUDA devices whose random state ``torch.random.fork_rng`` must save for ``device``."""
     return [device.index or 0] if device.type == "cuda" else []
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with torch's random state seeded by ``seed`` (CPU and ``device``), and
+    give the caller's random state back afterwards.
+
+    Examples
+    --------
+    >>> with seeded(0):
+    ...     a = torch.rand(2)
+    >>> with seeded(0):
+    ...     b = torch.rand(2)
+    >>> bool((a == b).all())
+    True
+    """
+    with torch.random.fork_rng(devices=cuda_devices(torch.device(device))):
+        torch.manual_seed(seed)
+        yield

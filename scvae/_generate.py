@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
+from ._device import seeded
 from ._reference import LatentReference, build_reference
 
 if TYPE_CHECKING:
@@ -212,8 +213,6 @@ def _sample_counts(
     chunk_size: int,
     progress: bool,
 ) -> sp.csr_matrix:
-    from ._device import cuda_devices
-
     module = model.module.eval()
     device = model.device
     if reference.batch_categories:
@@ -221,8 +220,7 @@ def _sample_counts(
     else:
         codes = np.zeros(len(z), dtype=np.int64)
     parts = []
-    with torch.random.fork_rng(devices=cuda_devices(device)):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         starts = range(0, len(z), chunk_size)
         for start in tqdm(starts, desc="generating", disable=not progress, unit="chunk"):
             rows = slice(start, start + chunk_size)

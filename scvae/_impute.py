@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from ._batches import MinibatchSource
 from ._data import CountData, align_genes, prepare_counts
-from ._device import cuda_devices
+from ._device import seeded
 from ._distributions import CountDistribution
 from ._model import SCVAE
 
@@ -170,7 +170,7 @@ def denoise(
     module, parts = model.module.eval(), []
     with torch.no_grad():
         for b in MinibatchSource(data, batch_size=batch_size, device=model.device):
-            z, _ = module.encode(b.x, b.library, b.batch_index, b.mask)
+            z, _ = module.encode(b.x, b.library, b.batch_index, b.observed)
             ones = torch.full_like(b.library, float(library_size))
             parts.append(module.decode(z, ones, b.batch_index).mean.cpu().numpy())
     adata.layers[f"{key_added}_denoised"] = np.concatenate(parts).astype(np.float32)
@@ -188,19 +188,18 @@ def predictive_draws(
     """
     module = model.module.eval()
     source = MinibatchSource(data, batch_size=batch_size, device=model.device)
-    with torch.no_grad(), torch.random.fork_rng(devices=cuda_devices(model.device)):
-        torch.manual_seed(seed)
+    with torch.no_grad(), seeded(seed, model.device):
         for start, b in zip(range(0, data.n_cells, batch_size), source, strict=True):
-            if b.mask is None:
+            if b.observed is None:
                 continue
-            rows, cols = (~b.mask).nonzero(as_tuple=True)
+            rows, cols = (~b.observed).nonzero(as_tuple=True)
             if rows.numel() == 0:
                 continue
-            loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)
+            loc, scale = module.encode(b.x, b.library, b.batch_index, b.observed)
             draws = []
             for _ in range(n_samples):
                 z = loc + scale * torch.randn_like(loc)
-                draws.append(module.decode(z, b.library, b.batch_index, b.mask).at(rows, cols))
+                draws.append(module.decode(z, b.library, b.batch_index, b.observed).at(rows, cols))
             yield rows + start, cols, draws
 
 

@@ -23,6 +23,7 @@ from anndata import AnnData
 
 from ._atomic import interrupted_saves, write_folder
 from ._data import align_genes
+from ._device import resolve_device
 from ._model import SCVAE
 from ._module import SCVAEModule
 from ._reference import LatentReference
@@ -30,7 +31,7 @@ from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load", "save"]
+__all__ = ["check_model_path", "load", "save"]
 
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
@@ -61,18 +62,7 @@ def save(model: SCVAE, path: str | Path, *, overwrite: bool = False) -> Path:
     an existing model folder is swapped out in one step. A folder holding anything but an
     scvae model is never replaced.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} is a file, not a folder: choose another path")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True")
-        others = sorted(p.name for p in path.iterdir() if p.name not in (WEIGHTS, CONFIG))
-        if others or not (path / CONFIG).is_file():
-            raise FileExistsError(
-                f"{path} is not an scvae model folder (it holds {others[:5] or 'no config'}); "
-                "overwrite=True replaces model folders only: choose another path"
-            )
+    path = check_model_path(path, overwrite=overwrite)
     module = model.module
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buffer)
@@ -96,6 +86,37 @@ def save(model: SCVAE, path: str | Path, *, overwrite: bool = False) -> Path:
     text = json.dumps(config, indent=1, default=_json_default, allow_nan=True)
     write_folder(path, {WEIGHTS: weights, CONFIG: text.encode()})
     logger.info("saved model to %s", path)
+    return path
+
+
+def check_model_path(
+    path: str | Path, *, overwrite: bool = False, flag: str = "overwrite=True"
+) -> Path:
+    """``path`` as a place a model folder may be written to, or an error saying why not.
+
+    Free: ``path`` does not exist or is an empty folder. Taken: it needs ``overwrite=True``,
+    and even then only a folder holding an scvae model (``config.json`` and ``weights.pt``,
+    nothing else) is replaced; a file, the current folder or any other folder never is.
+    Called before any long work (``python -m scvae fit`` checks ``--out`` before training);
+    ``flag`` names the switch in the messages (``"--overwrite"`` for the command line).
+
+    Examples
+    --------
+    >>> check_model_path("a_new_model_folder")
+    PosixPath('a_new_model_folder')
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder: choose another path")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{path} exists and is not empty; pass {flag}")
+        others = sorted(p.name for p in path.iterdir() if p.name not in (WEIGHTS, CONFIG))
+        if others or not (path / CONFIG).is_file():
+            raise FileExistsError(
+                f"{path} is not an scvae model folder (it holds {others[:5] or 'no config'}); "
+                f"{flag} replaces model folders only: choose another path"
+            )
     return path
 
 
@@ -127,8 +148,6 @@ def load(
     >>> model = scvae.load("pbmc_model", adata=adata)  # doctest: +SKIP
     >>> adata.obsm["X_scvae"] = model.embed(adata)  # doctest: +SKIP
     """
-    from ._api import resolve_device
-
     path = Path(path)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         hint = ""

@@ -10,11 +10,14 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from ._backed import StreamingData
 from ._batches import MinibatchSource
 from ._data import CountData, prepare_counts
-from ._device import cuda_devices
+from ._device import seeded
 from ._module import SCVAEModule, importance_log_likelihood
+from ._read import ReadSpec, read_counts
 from ._reference import LatentReference
+from ._stream import embed_streaming
 from ._train import evaluate_elbo
 
 logger = logging.getLogger(__name__)
@@ -89,22 +92,28 @@ class SCVAE:
         *,
         layer: str | type | None = ...,
         mask_layer: str | type | None = ...,
-    ) -> CountData:
+        allow_backed: bool = False,
+    ) -> CountData | StreamingData:
         """Read ``adata`` the way the training data was read (genes by name, same batches).
 
         ``...`` (the default) means "as at fit time"; the fit's mask layer is used only if
-        ``adata`` has it.
+        ``adata`` has it. ``allow_backed``: a disk-backed ``adata`` is streamed from its file
+        (for embedding); otherwise it is refused with a message saying how to load it.
         """
+        backed = allow_backed and isinstance(adata, AnnData) and adata.isbacked
         if mask_layer is ...:
-            mask_layer = self.mask_layer if self.mask_layer in adata.layers else None
-        data = prepare_counts(
-            adata,
+            known = not backed and isinstance(adata, AnnData) and self.mask_layer in adata.layers
+            mask_layer = self.mask_layer if known else None
+        spec = ReadSpec(
             layer=self.layer if layer is ... else layer,
-            mask_layer=mask_layer,
             batch_key=self.batch_key,
+            mask_layer=mask_layer,
             batch_categories=self.batch_categories if self.batch_key else None,
             gene_names=self.gene_names,
         )
+        if backed:
+            return read_counts(adata, spec, for_fit=False)
+        data = prepare_counts(adata, **{k: v for k, v in vars(spec).items() if k != "labels_key"})
         if data.missing is not None and not self.module.encode_mask:
             logger.warning(
                 "this model was fitted without missing values: its encoder cannot tell a "
@@ -142,19 +151,21 @@ class SCVAE:
         >>> z = model.embed(new_adata)  # doctest: +SKIP
         >>> new_adata.obsm["X_scvae"] = z  # doctest: +SKIP
         """
-        if isinstance(adata, AnnData) and adata.isbacked:
-            from ._backed_fit import embed_backed
-
-            return embed_backed(self, adata, layer=layer, batch_size=batch_size)
-        return self.embed_data(self.prepare(adata, layer=layer), batch_size=batch_size)
+        data = self.prepare(adata, layer=layer, allow_backed=True)
+        try:
+            return self.embed_data(data, batch_size=batch_size)
+        finally:
+            data.close()
 
     @torch.no_grad()
-    def embed_data(self, data: CountData, *, batch_size: int = 1024) -> np.ndarray:
-        """Posterior means for prepared :class:`~scvae._data.CountData`."""
+    def embed_data(self, data: CountData | StreamingData, *, batch_size: int = 1024) -> np.ndarray:
+        """Posterior means of z for counts already read (in memory or streamed from a file)."""
+        if data.backed:
+            return embed_streaming(self.module, data, batch_size=batch_size)
         self.module.eval()
         source = MinibatchSource(data, batch_size=batch_size, device=self.device)
         parts = [
-            self.module.encode(b.x, b.library, b.batch_index, b.mask)[0].cpu().numpy()
+            self.module.encode(b.x, b.library, b.batch_index, b.observed)[0].cpu().numpy()
             for b in source
         ]
         return np.concatenate(parts).astype(np.float32)
@@ -222,11 +233,10 @@ class SCVAE:
         data = self.prepare(adata, layer=layer)
         self.module.eval()
         source = MinibatchSource(data, batch_size=batch_size, device=self.device)
-        with torch.random.fork_rng(devices=cuda_devices(self.device)):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device):
             parts = [
                 importance_log_likelihood(
-                    self.module, b.x, b.library, b.batch_index, b.mask, n_samples=n_samples
+                    self.module, b.x, b.library, b.batch_index, b.observed, n_samples=n_samples
                 ).cpu()
                 for b in source
             ]
@@ -236,8 +246,7 @@ class SCVAE:
         """Mean ELBO per cell on ``adata`` (exact likelihood, KL weight 1, one z draw)."""
         data = self.prepare(adata, layer=layer)
         source = MinibatchSource(data, batch_size=1024, device=self.device)
-        with torch.random.fork_rng(devices=cuda_devices(self.device)):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device):
             return evaluate_elbo(self.module, source)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

@@ -17,7 +17,7 @@ enters the objective with weight ``classification_weight`` times a per-class wei
 every class the same total weight (class balancing), which pulls rare types apart from common
 ones in latent space; :meth:`SCVAEModule.label_probabilities` predicts unlabelled cells.
 
-Missing entries (``mask == False``) are left out of the likelihood, and the gene shares are
+Missing entries (``observed == False``) are left out of the likelihood, and the gene shares are
 renormalised over the observed genes so that the observed library ``l`` (a sum over observed
 genes only) is compared with the expression the model expects on those genes alone.
 """
@@ -204,7 +204,7 @@ class SCVAEModule(nn.Module):
         x: torch.Tensor,
         library: torch.Tensor,
         batch_index: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of ``q(z | x)``.
@@ -223,8 +223,8 @@ class SCVAEModule(nn.Module):
             scaled = torch.log1p(values.to(x.dtype) * factor[rows])
             h.view(-1).index_put_((rows * x.shape[1] + cols,), scaled)
         if self.encode_mask:
-            observed = torch.ones_like(x) if mask is None else mask.to(x.dtype)
-            h = torch.cat([h * observed, observed], dim=-1)
+            known = torch.ones_like(x) if observed is None else observed.to(x.dtype)
+            h = torch.cat([h * known, known], dim=-1)
         h = self.encoder(h, self._covariates(batch_index))
         return self.z_loc(h), F.softplus(self.z_scale(h)) + 1e-4
 
@@ -233,7 +233,7 @@ class SCVAEModule(nn.Module):
         z: torch.Tensor,
         library: torch.Tensor,
         batch_index: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
         *,
         include_constant: bool = True,
     ) -> CountDistribution:
@@ -248,7 +248,7 @@ class SCVAEModule(nn.Module):
         zi_logits = None if self.zi_logits is None else self.zi_logits(h)
         logits = self.gene_logits(h)
         log_library = torch.log(library.clamp(min=1.0))
-        if mask is None:
+        if observed is None:
             return CountDistribution(
                 None,
                 log_theta,
@@ -259,7 +259,7 @@ class SCVAEModule(nn.Module):
             )
         # Renormalise the shares over the observed genes of each cell.
         log_share = torch.log_softmax(logits, dim=-1)
-        observed_share = log_share.masked_fill(~mask, float("-inf"))
+        observed_share = log_share.masked_fill(~observed, float("-inf"))
         log_share = log_share - torch.logsumexp(observed_share, dim=-1, keepdim=True)
         log_mu = log_share + log_library.unsqueeze(-1)
         return CountDistribution(log_mu, log_theta, zi_logits, include_constant=include_constant)
@@ -270,8 +270,7 @@ class SCVAEModule(nn.Module):
         x: torch.Tensor,
         library: torch.Tensor,
         batch_index: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         kl_weight: float = 1.0,
@@ -283,12 +282,14 @@ class SCVAEModule(nn.Module):
         ``nonzeros`` (``(rows, cols, values)`` of the stored entries of ``x``, as minibatches
         carry them) only makes the NB training objective cheaper; the value is the same."""
         n_cells = x.shape[0]
-        with pyro.plate("cells", n_cells), poutine.scale(scale=_scale(weight)):
+        with pyro.plate("cells", n_cells):
             prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([n_cells, self.n_latent])
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", prior.to_event(1))
-            counts = self.decode(z, library, batch_index, mask, include_constant=include_constant)
-            pyro.sample("counts", CountRows(counts, mask, nonzeros), obs=x)
+            counts = self.decode(
+                z, library, batch_index, observed, include_constant=include_constant
+            )
+            pyro.sample("counts", CountRows(counts, observed, nonzeros), obs=x)
             if self.classifier is not None and labels is not None:
                 known = labels >= 0
                 code = labels.clamp(min=0)
@@ -301,8 +302,7 @@ class SCVAEModule(nn.Module):
         x: torch.Tensor,
         library: torch.Tensor,
         batch_index: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         kl_weight: float = 1.0,
@@ -310,8 +310,8 @@ class SCVAEModule(nn.Module):
     ) -> None:
         """q(z | x): amortised mean-field normal; ``kl_weight`` is beta (with warm-up).
         The labels do not enter the guide."""
-        with pyro.plate("cells", x.shape[0]), poutine.scale(scale=_scale(weight)):
-            loc, scale = self.encode(x, library, batch_index, mask, nonzeros)
+        with pyro.plate("cells", x.shape[0]):
+            loc, scale = self.encode(x, library, batch_index, observed, nonzeros)
             with poutine.scale(scale=kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
@@ -323,17 +323,13 @@ class SCVAEModule(nn.Module):
         return torch.softmax(self.classifier(z), dim=-1)
 
 
-def _scale(weight: torch.Tensor | None) -> torch.Tensor | float:
-    return 1.0 if weight is None else weight
-
-
 @torch.no_grad()
 def importance_log_likelihood(
     module: SCVAEModule,
     x: torch.Tensor,
     library: torch.Tensor,
     batch_index: torch.Tensor,
-    mask: torch.Tensor | None = None,
+    observed: torch.Tensor | None = None,
     *,
     n_samples: int = 100,
 ) -> torch.Tensor:
@@ -342,13 +338,13 @@ def importance_log_likelihood(
     ``log p(x) ~= logsumexp_s [log p(x | z_s) + log p(z_s) - log q(z_s | x)] - log S`` with
     ``z_s ~ q(z | x)``; exact likelihood (constants included), observed entries only.
     """
-    loc, scale = module.encode(x, library, batch_index, mask)
+    loc, scale = module.encode(x, library, batch_index, observed)
     q = dist.Normal(loc, scale).to_event(1)
     prior = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
     log_w = []
     for _ in range(n_samples):
         z = q.sample()
-        counts = module.decode(z, library, batch_index, mask)
-        log_px = CountRows(counts, mask).log_prob(x)
+        counts = module.decode(z, library, batch_index, observed)
+        log_px = CountRows(counts, observed).log_prob(x)
         log_w.append(log_px + prior.log_prob(z) - q.log_prob(z))
     return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(n_samples)

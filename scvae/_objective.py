@@ -77,7 +77,7 @@ def nb_rows_log_prob(
     log_mu: torch.Tensor,
     log_theta: torch.Tensor,
     nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    mask: torch.Tensor | None = None,
+    observed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell sum of the NB log-probability without ``lgamma(x + 1)`` (training objective).
 
@@ -101,7 +101,7 @@ def nb_rows_log_prob(
     nonzeros
         ``(rows, cols, values)`` of the stored entries of ``x``: every nonzero listed once
         (stored zeros may be, they add exactly 0).
-    mask
+    observed
         ``(cells, genes)`` bool, True where observed; other entries are left out.
 
     Returns
@@ -121,8 +121,8 @@ def nb_rows_log_prob(
     theta = log_theta.exp()
     d = log_mu - log_theta
     dense = x * d - (theta + x) * F.softplus(d)
-    if mask is not None:
-        dense = dense.masked_fill(~mask, 0.0)
+    if observed is not None:
+        dense = dense.masked_fill(~observed, 0.0)
     # Gathers from (cells, genes)-shaped views, and the stored terms added back at their
     # (unique) positions: every sum runs in a fixed order (a scatter-add into cells or genes
     # would collide, and the threads' order of atomic additions would change the last bits
@@ -244,8 +244,8 @@ class CountRows(TorchDistribution):
     Wraps a 2-d :class:`CountDistribution` with the observation mask and, optionally, the
     stored entries of the observed minibatch. :meth:`log_prob` returns each cell's masked sum:
     for the NB training objective with ``nonzeros`` it uses :func:`nb_logits_rows_log_prob`
-    (logits given, per-gene dispersion, no mask) or :func:`nb_rows_log_prob`; otherwise the
-    elementwise log-probability, masked and summed.
+    (logits given, per-gene dispersion, no missing entries) or :func:`nb_rows_log_prob`;
+    otherwise the elementwise log-probability, masked and summed.
     Sampling draws from the base distribution (missing entries too).
     """
 
@@ -256,10 +256,10 @@ class CountRows(TorchDistribution):
     def __init__(
         self,
         counts: CountDistribution,
-        mask: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        self.counts, self.mask, self.nonzeros = counts, mask, nonzeros
+        self.counts, self.observed, self.nonzeros = counts, observed, nonzeros
         shape = counts.batch_shape
         super().__init__(shape[:-1], shape[-1:], validate_args=False)
 
@@ -267,7 +267,7 @@ class CountRows(TorchDistribution):
         if torch.Size(batch_shape) == self.batch_shape:
             return self
         counts = self.counts.expand(torch.Size(batch_shape) + self.event_shape)
-        return CountRows(counts, self.mask)
+        return CountRows(counts, self.observed)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         counts = self.counts
@@ -280,14 +280,16 @@ class CountRows(TorchDistribution):
         )
         if not fast:
             log_p = counts.log_prob(value)
-            if self.mask is not None:
-                log_p = log_p.masked_fill(~self.mask, 0.0)
+            if self.observed is not None:
+                log_p = log_p.masked_fill(~self.observed, 0.0)
             return log_p.sum(-1)
-        if counts.logits is not None and self.mask is None and counts.log_theta.dim() == 1:
+        if counts.logits is not None and self.observed is None and counts.log_theta.dim() == 1:
             return nb_logits_rows_log_prob(
                 counts.logits, counts.log_library, counts.log_theta, self.nonzeros
             )
-        return nb_rows_log_prob(value, counts.log_mu, counts.log_theta, self.nonzeros, self.mask)
+        return nb_rows_log_prob(
+            value, counts.log_mu, counts.log_theta, self.nonzeros, self.observed
+        )
 
     @property
     def mean(self) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from ._batches import MinibatchSource
+from ._device import seeded
 
 if TYPE_CHECKING:
     from ._model import SCVAE
@@ -204,17 +205,14 @@ def compare_counts(
 
 @torch.no_grad()
 def _redraw(model: SCVAE, data, seed: int) -> sp.csr_matrix:
-    from ._device import cuda_devices
-
     module = model.module.eval()
     parts = []
-    with torch.random.fork_rng(devices=cuda_devices(model.device)):
-        torch.manual_seed(seed)
+    with seeded(seed, model.device):
         for b in MinibatchSource(data, batch_size=1024, device=model.device):
-            loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)
+            loc, scale = module.encode(b.x, b.library, b.batch_index, b.observed)
             z = loc + scale * torch.randn_like(loc)
             # The library of a cell with missing entries is that of its observed genes.
-            counts = module.decode(z, b.library, b.batch_index, b.mask).sample()
+            counts = module.decode(z, b.library, b.batch_index, b.observed).sample()
             parts.append(sp.csr_matrix(counts.cpu().numpy()))
     return sp.vstack(parts, format="csr")
 

@@ -171,11 +171,11 @@ def build_reference(
     log_library = np.empty(data.n_cells)
     filled = 0
     for b in source:
-        z_loc, scale = module.encode(b.x, b.library, b.batch_index, b.mask)
+        z_loc, scale = module.encode(b.x, b.library, b.batch_index, b.observed)
         lib = b.library
-        if b.mask is not None:
+        if b.observed is not None:
             share = module.decode(z_loc, torch.ones_like(lib), b.batch_index).mean
-            lib = lib / (share * b.mask).sum(-1).clamp(min=1e-3)
+            lib = lib / (share * b.observed).sum(-1).clamp(min=1e-3)
         rows = slice(filled, filled + len(lib))
         loc[rows] = z_loc.cpu().numpy()
         var[rows] = scale.square().cpu().numpy()

@@ -12,6 +12,7 @@ import pyro
 import torch
 from anndata import AnnData
 
+from ._backed import StreamingData
 from ._data import CountData
 from ._model import SCVAE
 from ._version import __version__
@@ -24,11 +25,12 @@ __all__ = ["report_all_zero_genes", "versions", "write_results"]
 FILTER_HINT = " Filter them with sc.pp.filter_genes(adata, min_counts=1)."
 
 
-def report_all_zero_genes(
-    gene_names: list[str], totals: np.ndarray, *, hint: str = FILTER_HINT
-) -> list[str]:
-    """Names of the genes whose ``totals`` (counts summed over cells) are 0, with a warning."""
-    zero = [gene_names[i] for i in np.flatnonzero(np.asarray(totals).ravel() == 0)]
+def report_all_zero_genes(data: CountData | StreamingData) -> list[str]:
+    """Names of the genes with no counts in any cell of ``data``, with a warning."""
+    gene_names = data.gene_names
+    # No filtering hint for a backed file: it cannot be filtered in place.
+    hint = "" if data.backed else FILTER_HINT
+    zero = [gene_names[i] for i in np.flatnonzero(data.gene_totals == 0)]
     if zero:
         logger.warning(
             "%d genes have zero counts in every cell (e.g. %s); they are kept and will be "
@@ -55,16 +57,13 @@ def versions() -> dict[str, str]:
 def write_results(
     adata: AnnData,
     model: SCVAE,
-    data: CountData,
-    key_added: str,
+    data: CountData | StreamingData,
     zero_genes: list[str],
-    *,
-    embedding: np.ndarray | None = None,
 ) -> None:
-    """Write the embedding (``embedding``, or computed from ``data``) and the fit's record."""
+    """Write the embedding of ``data`` and the fit's record under ``model``'s ``key_added``."""
+    key_added = model.settings["key_added"]
     obsm_key = f"X_{key_added}"
-    if embedding is None:
-        embedding = model.embed_data(data)
+    embedding = model.embed_data(data)
     if not np.isfinite(embedding).all():
         bad = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
         raise FloatingPointError(
@@ -85,6 +84,8 @@ def write_results(
         obsm_key,
         key_added,
     )
+    if data.backed:
+        logger.info("%s is unchanged: the results are in this AnnData object only", adata.filename)
 
 
 def _h5ad_safe(settings: dict[str, Any]) -> dict[str, Any]:

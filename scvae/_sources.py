@@ -1,20 +1,79 @@
-"""Which cells train and which validate, per process: the in-memory minibatch sources of a fit."""
+"""Which cells train and which validate, per process: the minibatch sources of a fit.
+
+:func:`make_sources` is the one place that picks the kind of source for the data: random rows
+of counts in memory (:class:`~scvae._batches.MinibatchSource`) or shuffled blocks of a backed
+file (:class:`~scvae._stream.ChunkSource`). The training loop and the reference builder see
+only the :class:`~scvae._batches.Source` protocol both follow.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from . import _distributed as ddp
+from ._backed import StreamingData
 from ._balance import balance_weights
-from ._batches import MinibatchSource
+from ._batches import MinibatchSource, Source
 from ._data import CountData
+from ._settings import FitSettings
+from ._stream import streaming_sources
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["memory_sources", "split_cells"]
+__all__ = ["Sources", "make_sources", "memory_sources", "split_cells"]
+
+
+class Sources(NamedTuple):
+    """The minibatches a fit trains and validates on."""
+
+    train: Source
+    validation: Source | None
+    #: Every process's training cells together (in memory; ``None`` for a backed file).
+    train_cells: np.ndarray | None
+
+
+def make_sources(
+    data: CountData | StreamingData,
+    settings: FitSettings,
+    *,
+    validation_indices: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
+    with_labels: bool = False,
+) -> Sources:
+    """Training and validation sources of ``data`` for a fit with ``settings`` (resolved).
+
+    In memory, ``validation_fraction`` of the cells (at least 100 cells), or
+    ``validation_indices``, are held out; from a backed file, whole random blocks.
+    """
+    device = torch.device(settings.device)
+    if data.backed:
+        train, validation = streaming_sources(
+            data,
+            validation_fraction=settings.validation_fraction,
+            early_stopping=settings.early_stopping,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            device=device,
+        )
+        return Sources(train, validation, None)
+    return Sources(
+        *memory_sources(
+            data,
+            validation_indices,
+            settings.validation_fraction,
+            settings.early_stopping,
+            settings.batch_size,
+            device,
+            settings.seed,
+            sample_weights,
+            with_labels=with_labels,
+            balance_batches=settings.balance == "batch",
+        )
+    )
 
 
 def memory_sources(

@@ -101,6 +101,17 @@ class ChunkSource:
     def median_library(self) -> float:
         return float(np.median(self.data.library[self.rows]))
 
+    def cells_of_step(self, step: int) -> np.ndarray:
+        """Not kept: a stream does not remember the order of its cells."""
+        return np.zeros(0, dtype=np.int64)
+
+    def random_state(self) -> dict:
+        # Each epoch's block order and buffer shuffles derive from (seed, epoch, rank).
+        return {"epoch": self.epoch}
+
+    def set_random_state(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+
     def __iter__(self) -> Iterator[Minibatch]:
         if not self.shuffle:
             for chunk in self.chunks[self.rank :: self.world]:
@@ -160,9 +171,7 @@ class ChunkSource:
         x = torch.from_numpy(counts.toarray()).to(device, non_blocking=True)
         library = torch.from_numpy(self.data.library[rows]).to(device)
         batch_index = torch.from_numpy(self.data.batch_index[rows]).to(device)
-        return Minibatch(
-            x, library, batch_index, None, None, nonzeros=stored_entries(counts, device)
-        )
+        return Minibatch(x, library, batch_index, None, nonzeros=stored_entries(counts, device))
 
 
 def streaming_sources(

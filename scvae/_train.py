@@ -18,12 +18,11 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.subsample_messenger import _Subsample
-from scipy.special import gammaln
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from . import _distributed as ddp
-from ._batches import MinibatchSource
+from ._batches import Source
 from ._checkpoint import Checkpointing
 from ._heap import steady_heap
 from ._module import SCVAEModule
@@ -48,16 +47,6 @@ def kl_weight_at(epoch: float, *, beta: float, warmup_epochs: float) -> float:
     if warmup_epochs <= 0:
         return beta
     return beta * min(1.0, epoch / warmup_epochs)
-
-
-def _log_factorial_per_cell(source: MinibatchSource) -> float:
-    """Mean over the source's cells of sum_g lgamma(x_g + 1): the constant the training
-    objective leaves out, added back so that reported losses are exact."""
-    if hasattr(source, "log_factorial_per_cell"):  # a source streamed from disk
-        return source.log_factorial_per_cell()
-    # Zeros contribute lgamma(1) = 0: the stored values of the rows are all that is needed.
-    values = source.data.counts[source.indices].data
-    return float(gammaln(values + 1.0).sum() / max(source.n_cells, 1))
 
 
 def mean_field_loss(model, guide, *args, **kwargs) -> torch.Tensor:
@@ -100,9 +89,7 @@ def _step_loss(module: SCVAEModule, batch, kl_weight: float, exact: bool) -> tor
 
 
 @torch.no_grad()
-def evaluate_elbo(
-    module: SCVAEModule, source: MinibatchSource, *, distributed: bool = False
-) -> float:
+def evaluate_elbo(module: SCVAEModule, source: Source, *, distributed: bool = False) -> float:
     """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample).
 
     ``distributed``: each rank holds part of the cells; the mean is over all ranks' cells."""
@@ -159,15 +146,15 @@ def _parameters_finite(module: torch.nn.Module) -> torch.Tensor:
     return torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all()
 
 
-def _random_state(source: MinibatchSource) -> dict:
-    state = {"numpy": source.rng.bit_generator.state, "torch": torch.get_rng_state()}
+def _random_state(source: Source) -> dict:
+    state = {**source.random_state(), "torch": torch.get_rng_state()}
     if source.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(source.device)
     return state
 
 
-def _set_random_state(state: dict, source: MinibatchSource) -> None:
-    source.rng.bit_generator.state = state["numpy"]
+def _set_random_state(state: dict, source: Source) -> None:
+    source.set_random_state(state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and source.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], source.device)
@@ -178,7 +165,7 @@ def _restored(epoch: int) -> str:
 
 
 def _non_finite_error(
-    source: MinibatchSource, losses: torch.Tensor, epoch: int, lr: float
+    source: Source, losses: torch.Tensor, epoch: int, lr: float
 ) -> NonFiniteLossError:
     bad = torch.nonzero(~torch.isfinite(losses)).flatten()
     step = int(bad[0]) if bad.numel() else None
@@ -187,12 +174,8 @@ def _non_finite_error(
         value = "finite"
     else:
         step_text, batch, value = f"step {step}", step, f"{float(losses[step])}"
-    order = getattr(source, "order", None)  # a disk stream does not keep its order
-    names = getattr(source.data, "cell_names", None)
-    rows = (
-        [] if order is None else order[batch * source.batch_size : (batch + 1) * source.batch_size]
-    )
-    cells = [] if names is None else [names[i] for i in rows]
+    names = source.data.cell_names
+    cells = [names[i] for i in source.cells_of_step(batch)]
     shown = ", ".join(map(repr, cells[:5])) + (" ..." if len(cells) > 5 else "")
     message = (
         f"training became non-finite at epoch {epoch}, {step_text} (loss {value}; "
@@ -205,8 +188,8 @@ def _non_finite_error(
 
 def train(
     module: SCVAEModule,
-    train_source: MinibatchSource,
-    validation_source: MinibatchSource | None = None,
+    train_source: Source,
+    validation_source: Source | None = None,
     *,
     max_epochs: int,
     lr: float = 1e-3,
@@ -247,7 +230,7 @@ def train(
     distributed = ddp.is_distributed()
     step_loss = ddp.wrap_for_training(module, _step_loss)
     optimizer = adam(module.parameters(), lr=lr)
-    constant = _log_factorial_per_cell(train_source)
+    constant = train_source.log_factorial_per_cell()
     steps_per_epoch = max(len(train_source), 1)
     history: dict[str, list[float]] = {
         "train_loss": [],

@@ -57,7 +57,6 @@ def test_device_minibatches_equal_host_minibatches(options):
     path's minibatches (counts, mask, covariates, labels), epoch after epoch, from the same
     random stream."""
     data = _counts_with_holes()
-    data.weight = np.random.default_rng(1).uniform(0.5, 1.5, data.n_cells).astype(np.float32)
     host, resident, chunks = (
         MinibatchSource(
             data, batch_size=64, rng=np.random.default_rng(2), placement=placement, **options
@@ -197,7 +196,7 @@ def test_training_loss_from_stored_entries_equals_the_elementwise_loss():
 
     data = _counts_with_holes()
     batch = next(iter(MinibatchSource(data, batch_size=64, shuffle=True)))
-    assert batch.nonzeros is not None and batch.mask is not None
+    assert batch.nonzeros is not None and batch.observed is not None
     module = SCVAEModule(data.n_genes, 2, dispersion="gene-batch", encode_mask=True)
     module.eval()  # no dropout: the two evaluations see the same network
     results = []

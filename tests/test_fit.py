@@ -187,3 +187,34 @@ def test_history_times_the_training_steps_apart_from_validation(fitted):
     whole = np.asarray(model.history["epoch_seconds"])
     assert len(steps) == len(whole) == len(model.history["validation_elbo"]) > 1
     assert np.all(steps > 0) and np.all(steps < whole)
+
+
+def test_fit_keywords_are_the_fields_of_fit_settings():
+    """``fit`` documents its options as keywords; ``FitSettings`` carries and checks them:
+    the two lists must stay the same, names, order and defaults."""
+    import dataclasses
+    import inspect
+
+    from scvae._settings import FitSettings
+
+    parameters = list(inspect.signature(scvae.fit).parameters.values())[1:]
+    fields = dataclasses.fields(FitSettings)
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    assert [p.default for p in parameters] == [f.default for f in fields]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"classification_weight": -5.0}, "classification_weight must be a non-negative"),
+        ({"early_stopping": "no"}, "early_stopping must be True or False"),
+        ({"max_epochs": 2.5}, "max_epochs must be an integer"),
+        ({"seed": "1"}, "seed must be an integer"),
+    ],
+)
+def test_fit_options_are_checked_before_the_data_is_read(option, message):
+    """A bad option fails at once, naming itself, even before the counts are looked at."""
+    not_counts = scvae.datasets.simulate(50, 20)
+    not_counts.X = not_counts.X * 0.5  # would fail the counts check, if it came first
+    with pytest.raises((TypeError, ValueError), match=message):
+        scvae.fit(not_counts, progress=False, **option)

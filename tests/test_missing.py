@@ -119,7 +119,7 @@ def test_all_true_mask_equals_no_mask_in_the_objective():
     without = mean_field_loss(module.model, module.guide, **batch)
     torch.manual_seed(1)
     with_mask = mean_field_loss(
-        module.model, module.guide, **batch, mask=torch.ones(20, 30, dtype=torch.bool)
+        module.model, module.guide, **batch, observed=torch.ones(20, 30, dtype=torch.bool)
     )
     torch.testing.assert_close(without, with_mask)
 

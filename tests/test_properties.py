@@ -1,7 +1,7 @@
 """Property-based tests of the data path: AnnData -> CountData -> minibatches.
 
 For random dense and sparse counts (several dtypes), random NaN entries, random boolean mask
-layers, batches and cell weights, the rows the model sees are exactly the input rows: counts
+layers and batches, the rows the model sees are exactly the input rows: counts
 with missing entries at 0, the mask of observed entries, the observed library size, batch
 codes and weights, for every cell of an epoch, in any minibatch size and order.
 """
@@ -108,7 +108,7 @@ def test_prepared_counts_equal_the_input(case):
     st.integers(1, 30),
     st.booleans(),
     st.booleans(),
-    st.sampled_from(["none", "weights", "sample"]),
+    st.sampled_from(["none", "sample"]),
 )
 def test_minibatches_are_exactly_the_input_rows(case, batch_size, shuffle, drop_last, weighting):
     adata, counts, missing, use_mask, rng = case
@@ -119,8 +119,6 @@ def test_minibatches_are_exactly_the_input_rows(case, batch_size, shuffle, drop_
     event(f"checked, weighting={weighting}")
     data = prepare_counts(adata, mask_layer="observed" if use_mask else None, batch_key="batch")
     n = data.n_cells
-    if weighting == "weights":
-        data.weight = rng.uniform(0.1, 3.0, n).astype(np.float32)
     indices = np.sort(rng.choice(n, size=rng.integers(1, n + 1), replace=False))
     source = MinibatchSource(
         data,
@@ -152,15 +150,13 @@ def test_minibatches_are_exactly_the_input_rows(case, batch_size, shuffle, drop_
         for k, b in enumerate(batches):
             cells = order[k * batch_size : (k + 1) * batch_size]
             np.testing.assert_array_equal(b.x.numpy(), counts[cells].astype(np.float32))
-            observed = np.ones((len(cells), data.n_genes), bool) if b.mask is None else b.mask
+            observed = (
+                np.ones((len(cells), data.n_genes), bool) if b.observed is None else b.observed
+            )
             np.testing.assert_array_equal(np.asarray(observed), ~missing[cells])
-            assert (b.mask is None) == (data.missing is None)
+            assert (b.observed is None) == (data.missing is None)
             np.testing.assert_array_equal(b.library.numpy(), library[cells].astype(np.float32))
             np.testing.assert_array_equal(b.batch_index.numpy(), data.batch_index[cells])
-            if weighting == "weights":
-                np.testing.assert_array_equal(b.weight.numpy(), data.weight[cells])
-            else:
-                assert b.weight is None
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
@@ -184,7 +180,7 @@ def test_fit_trains_on_exactly_the_input_rows(monkeypatch_once, case, batch_size
     step_loss = _train._step_loss
 
     def spy(module, batch, kl_weight, exact):
-        mask = np.ones(batch.x.shape, bool) if batch.mask is None else batch.mask.numpy()
+        mask = np.ones(batch.x.shape, bool) if batch.observed is None else batch.observed.numpy()
         for x, m, lib in zip(batch.x.numpy(), mask, batch.library.numpy(), strict=True):
             seen.append((tuple(x), tuple(m), np.float32(lib)))
         return step_loss(module, batch, kl_weight, exact)

@@ -1,0 +1,69 @@
+"""One way in: an AnnData, in memory or backed by its file, read into counts by a ``ReadSpec``.
+
+:func:`read_counts` is the only place that asks which kind of AnnData it was handed. In
+memory, the counts become one checked CSR matrix (:class:`~scvae._data.CountData`); backed by
+a file, one streaming pass checks them and collects what training needs per cell, and the
+counts stay in the file (:class:`~scvae._backed.StreamingData`). Both records answer the
+same questions (``n_cells``, ``library``, ``batch_index``, ``labels``, ``gene_totals``,
+``backed``), and everything after reading works from those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anndata import AnnData
+
+from ._backed import StreamingData, prepare_streaming
+from ._data import CountData, missing_genes, prepare_counts
+
+__all__ = ["ReadSpec", "read_counts"]
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """Where the counts and covariates of an AnnData are, and what a trained model expects.
+
+    Attributes
+    ----------
+    layer, batch_key, labels_key, mask_layer
+        As in :func:`scvae.fit`.
+    batch_categories, gene_names
+        A trained model's batches and genes (``None`` at fit time).
+    """
+
+    layer: str | None = None
+    batch_key: str | None = None
+    labels_key: str | None = None
+    mask_layer: str | None = None
+    batch_categories: list[str] | None = None
+    gene_names: list[str] | None = None
+
+
+def read_counts(
+    adata: AnnData, spec: ReadSpec, *, for_fit: bool = True
+) -> CountData | StreamingData:
+    """The counts of ``adata`` as ``spec`` says, checked; ``adata`` is not modified.
+
+    ``for_fit``: also refuse genes with every entry missing (nothing can be learnt about
+    them) and, for a backed file, make the checking pass over it; without it (embedding new
+    cells), a backed file is checked block by block as it is encoded.
+    """
+    options = {
+        "layer": spec.layer,
+        "batch_key": spec.batch_key,
+        "labels_key": spec.labels_key,
+        "mask_layer": spec.mask_layer,
+        "batch_categories": spec.batch_categories,
+        "gene_names": spec.gene_names,
+    }
+    if isinstance(adata, AnnData) and adata.isbacked:
+        return prepare_streaming(adata, check=for_fit, **options)
+    data = prepare_counts(adata, **options)
+    unmeasured = missing_genes(data) if for_fit else []
+    if unmeasured:
+        raise ValueError(
+            f"{len(unmeasured)} genes have every entry missing (e.g. {unmeasured[:5]}); "
+            "nothing can be learnt about them: remove them before fitting"
+        )
+    return data

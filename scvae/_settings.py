@@ -1,0 +1,241 @@
+"""``FitSettings``: the options of :func:`scvae.fit` in one frozen record, checked in one place.
+
+``fit`` keeps its explicit, documented keywords (what a user reads and tab-completes); inside,
+they travel as one :class:`FitSettings`, checked when it is made, before any data is read or
+any long work starts. :meth:`FitSettings.resolved` fills the defaults that depend on the data
+(epochs, KL warm-up, learning rate, device), and each stage takes its own part
+(:meth:`~FitSettings.module_options`, :meth:`~FitSettings.train_options`). A test checks that
+``fit``'s keywords and the fields here are the same list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._device import resolve_device
+from ._module import DISPERSIONS, LIKELIHOODS
+
+__all__ = ["BALANCE", "FitSettings", "default_lr", "default_max_epochs"]
+
+BALANCE = (None, "labels", "batch", "auto")
+# Options that do not change what is trained: a checkpoint may be resumed with other values.
+_FREE_FOR_RESUME = frozenset(
+    {"max_epochs", "patience", "early_stopping", "progress", "checkpoint_dir"}
+    | {"checkpoint_every", "resume", "device", "key_added"}
+)
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """About 8M cell visits, capped to [20, 400] epochs (early stopping usually ends sooner).
+
+    Examples
+    --------
+    >>> default_max_epochs(1000), default_max_epochs(100_000)
+    (400, 80)
+    """
+    return int(np.clip(round(8_000_000 / n_cells), 20, 400))
+
+
+def default_lr(cells_per_step: int) -> float:
+    """Adam's learning rate for ``cells_per_step`` cells per update: ``1e-3`` up to 128 cells,
+    then ``1e-3`` per 128 cells, at most ``1.6e-2`` (2048 cells, the largest batch measured).
+
+    Linear scaling beat square-root scaling on pbmc4k and was stable (``docs/speed.md``);
+    above 2048 cells per step the rate is held, not extrapolated.
+
+    Examples
+    --------
+    >>> default_lr(128), default_lr(512), default_lr(65536)
+    (0.001, 0.004, 0.016)
+    """
+    return 1e-3 * min(max(cells_per_step / 128, 1.0), 16.0)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def _key(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a string or None, got {type(value).__name__} {value!r}")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The options of :func:`scvae.fit` (documented there), checked when made.
+
+    Examples
+    --------
+    >>> FitSettings(n_latent=8).n_latent
+    8
+    >>> FitSettings(n_latent=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_latent must be a positive integer, got 0
+    """
+
+    layer: str | None = None
+    batch_key: str | None = None
+    labels_key: str | None = None
+    mask_layer: str | None = None
+    balance: str | None = None
+    classification_weight: float = 50.0
+    likelihood: str = "nb"
+    dispersion: str = "gene"
+    n_latent: int = 10
+    n_hidden: int = 128
+    n_layers: int = 1
+    dropout: float = 0.1
+    beta: float = 1.0
+    kl_warmup: int | None = None
+    max_epochs: int | None = None
+    batch_size: int = 128
+    lr: float | None = None
+    early_stopping: bool = True
+    validation_fraction: float = 0.1
+    patience: int = 20
+    device: str | torch.device = "auto"
+    seed: int = 0
+    key_added: str = "scvae"
+    progress: bool = True
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int = 10
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("layer", "batch_key", "labels_key", "mask_layer"):
+            _key(name, getattr(self, name))
+        if not isinstance(self.key_added, str) or not self.key_added:
+            raise ValueError(f"key_added must be a non-empty string, got {self.key_added!r}")
+        if self.balance not in BALANCE:
+            raise ValueError(f"balance must be one of {BALANCE}, got {self.balance!r}")
+        if self.balance == "labels" and self.labels_key is None:
+            raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
+        if self.balance == "batch" and self.batch_key is None:
+            raise ValueError("balance='batch' needs batch_key with at least two batches")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.dispersion not in DISPERSIONS:
+            raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {self.dispersion!r}")
+        for name in ("early_stopping", "progress", "resume"):
+            _flag(name, getattr(self, name))
+        for name in ("classification_weight", "dropout", "beta", "validation_fraction"):
+            _number(name, getattr(self, name))
+        if not (math.isfinite(self.classification_weight) and self.classification_weight >= 0):
+            raise ValueError(
+                "classification_weight must be a non-negative number, got "
+                f"{self.classification_weight!r}"
+            )
+        for name in ("max_epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer)
+            ):
+                raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+            if value is not None and value < 1:
+                raise ValueError("max_epochs and batch_size must be positive")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not math.isfinite(self.beta):
+            raise ValueError(f"beta must be finite, got {self.beta!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+        for name in ("n_latent", "n_hidden", "n_layers", "patience"):
+            _positive_int(name, getattr(self, name))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.lr is not None:
+            _number("lr", self.lr)
+            if not (math.isfinite(self.lr) and self.lr > 0):
+                raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.kl_warmup is not None:
+            if isinstance(self.kl_warmup, bool) or not isinstance(
+                self.kl_warmup, int | np.integer
+            ):
+                raise TypeError(f"kl_warmup must be an integer, got {self.kl_warmup!r}")
+            if self.kl_warmup < 0:
+                raise ValueError(f"kl_warmup must be >= 0, got {self.kl_warmup!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(
+            self.checkpoint_every, int | np.integer
+        ):
+            raise TypeError(f"checkpoint_every must be an integer, got {self.checkpoint_every!r}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
+            raise TypeError(f"seed must be an integer, got {self.seed!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs the checkpoint_dir of the fit to resume")
+        resolve_device(self.device)  # an unknown or unavailable device fails here
+
+    # -- the data-dependent defaults ---------------------------------------------------------
+    def resolved(self, n_cells: int, world_size: int = 1) -> FitSettings:
+        """These settings with the defaults that depend on the data filled in: ``max_epochs``
+        (:func:`default_max_epochs`), ``kl_warmup`` (an eighth of the epochs), ``lr``
+        (:func:`default_lr` of the cells per step of all ``world_size`` processes) and the
+        device (``"auto"`` becomes ``"cpu"`` or ``"cuda"``)."""
+        max_epochs = default_max_epochs(n_cells) if self.max_epochs is None else self.max_epochs
+        max_epochs = int(max_epochs)
+        kl_warmup = max(1, max_epochs // 8) if self.kl_warmup is None else int(self.kl_warmup)
+        lr = default_lr(self.batch_size * world_size) if self.lr is None else self.lr
+        return replace(
+            self,
+            max_epochs=max_epochs,
+            kl_warmup=kl_warmup,
+            lr=lr,
+            device=str(resolve_device(self.device)),
+            checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
+        )
+
+    # -- each stage's part ---------------------------------------------------------------------
+    def module_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~scvae._module.SCVAEModule` from these settings."""
+        return {
+            "n_latent": self.n_latent,
+            "n_hidden": self.n_hidden,
+            "n_layers": self.n_layers,
+            "likelihood": self.likelihood,
+            "dispersion": self.dispersion,
+            "dropout": self.dropout,
+        }
+
+    def train_options(self, *, validating: bool) -> dict[str, Any]:
+        """Keyword arguments of :func:`~scvae._train.train` (after :meth:`resolved`)."""
+        return {
+            "max_epochs": self.max_epochs,
+            "lr": self.lr,
+            "beta": self.beta,
+            "kl_warmup_epochs": self.kl_warmup,
+            "early_stopping": self.early_stopping and validating,
+            "patience": self.patience,
+            "progress": self.progress,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the plain dict a model keeps (``model.settings``), in ``fit``'s
+        order with ``key_added`` last."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "key_added"}
+        record["key_added"] = self.key_added
+        return record
+
+    def identity(self) -> dict[str, str]:
+        """The options a checkpoint must share with the fit that resumes it."""
+        return {k: str(v) for k, v in asdict(self).items() if k not in _FREE_FOR_RESUME}

@@ -9,14 +9,15 @@ from . import datasets, metrics, pl
 from ._api import fit
 from ._generate import generate
 from ._impute import denoise, impute, predictive_log_likelihood
-from ._io import load
-from ._model import SCVAE
+from ._model import SCVAE, load
 from ._panels import concat_panels
 from ._ppc import PosteriorPredictiveCheck, gene_statistics, posterior_predictive_check
+from ._train import NonFiniteLossError
 from ._version import __version__
 
 __all__ = [
     "SCVAE",
+    "NonFiniteLossError",
     "PosteriorPredictiveCheck",
     "__version__",
     "concat_panels",

@@ -138,7 +138,7 @@ def fit(
     A ``KeyboardInterrupt`` (stopping a notebook cell) ends training early: the parameters
     of the best or last complete epoch are kept, results are written as usual, a warning is
     issued and ``model.history["interrupted_at_epoch"]`` records it. A NaN or infinite loss
-    raises :class:`~scvae._train.NonFiniteLossError` (its ``model`` attribute holds the model
+    raises :class:`~scvae.NonFiniteLossError` (its ``model`` attribute holds the model
     at its last finite state) and writes nothing.
 
     Returns
@@ -161,7 +161,7 @@ def fit(
     """
     settings = FitSettings(**{k: v for k, v in locals().items() if k != "adata"})
     spec = ReadSpec(layer, batch_key, labels_key, mask_layer)
-    data = read_counts(adata, spec)
+    data = read_counts(adata, spec, share=ddp.rank_world(), reduce=ddp.all_reduce_sum)
     zero_genes = report_all_zero_genes(data)
     try:
         model = fit_counts(data, settings)
@@ -207,7 +207,7 @@ def fit_counts(
         labelled = replace(data, labels=head_labels) if with_labels else data
         sources = make_sources(
             labelled,
-            settings,
+            **settings.source_options(),
             validation_indices=validation_indices,
             sample_weights=sample_weights,
             with_labels=with_labels,

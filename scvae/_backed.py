@@ -11,6 +11,7 @@ is bounded by the block size, not by the number of cells. A first pass over the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,6 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.special import gammaln
 
-from . import _distributed as ddp
 from ._data import _check_cells, _check_values, _codes, _sparse_position, align_genes
 
 logger = logging.getLogger(__name__)
@@ -187,11 +187,14 @@ def prepare_streaming(
     gene_names: list[str] | None = None,
     chunk_rows: int | None = None,
     check: bool = True,
+    share: tuple[int, int] = (0, 1),
+    reduce: Callable[..., list[np.ndarray]] | None = None,
 ) -> StreamingData:
     """Validate a backed ``adata`` in one streaming pass and collect per-cell statistics.
 
-    Under ``torch.distributed`` each rank reads its share of the blocks and the sums are
-    all-reduced, so the whole file is read once across the job.
+    With ``share=(rank, world_size)`` and ``reduce`` (an all-reduce sum of arrays, as
+    ``scvae.fit`` passes under ``torch.distributed``) each process reads its share of the
+    blocks and the sums are reduced, so the whole file is read once across the job.
 
     Parameters
     ----------
@@ -206,6 +209,8 @@ def prepare_streaming(
     check
         Read the file to check values and compute library sizes (``False``: skip the pass;
         for embedding, which computes them block by block).
+    share, reduce
+        This process's ``(rank, world_size)`` and the sum over processes, for the pass.
 
     Examples
     --------
@@ -246,13 +251,15 @@ def prepare_streaming(
         label_categories=label_cats,
     )
     if check:
-        _statistics_pass(data)
+        _statistics_pass(data, share, reduce)
     return data
 
 
-def _statistics_pass(data: StreamingData) -> None:
+def _statistics_pass(
+    data: StreamingData, share: tuple[int, int], reduce: Callable[..., list[np.ndarray]] | None
+) -> None:
     """Check every value and fill library sizes, log-factorials and gene totals."""
-    rank, world = ddp.rank_world()
+    rank, world = share
     cells, genes = data.cell_names, data.gene_names
     library = np.zeros(data.n_cells, dtype=np.float64)
     log_factorial = np.zeros(data.n_cells, dtype=np.float64)
@@ -264,7 +271,8 @@ def _statistics_pass(data: StreamingData) -> None:
         per_entry = sp.csr_matrix((gammaln(block.data + 1.0), block.indices, block.indptr))
         log_factorial[rows] = np.asarray(per_entry.sum(axis=1)).ravel()
         totals += np.asarray(block.sum(axis=0)).ravel()
-    library, log_factorial, totals = ddp.all_reduce_sum(library, log_factorial, totals)
+    if reduce is not None:
+        library, log_factorial, totals = reduce(library, log_factorial, totals)
     _check_cells(library, None, cells, data.n_genes, data.matrix.where)
     data.library = library.astype(np.float32)
     data.log_factorial = log_factorial.astype(np.float32)

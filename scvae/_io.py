@@ -1,4 +1,4 @@
-"""Save and load: a folder with the weights (tensors only) and a JSON config.
+"""The model folder on disk: the weights (tensors only) and a JSON config; files only.
 
 Saving is atomic (see :mod:`scvae._atomic`): a crash or a kill during ``save`` leaves the
 previous model in place. Loading reads the weights with ``torch.load(weights_only=True)``,
@@ -15,23 +15,20 @@ import json
 import logging
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from anndata import AnnData
 
 from ._atomic import interrupted_saves, write_folder
-from ._data import align_genes
-from ._device import resolve_device
-from ._model import SCVAE
-from ._module import SCVAEModule
-from ._reference import LatentReference
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._model import SCVAE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_model_path", "load", "save"]
+__all__ = ["check_model_path", "read_model_folder", "save"]
 
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
@@ -129,25 +126,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot save a setting of type {type(value).__name__}: {value!r}")
 
 
-def load(
-    path: str | Path, *, adata: AnnData | None = None, device: str | torch.device = "cpu"
-) -> SCVAE:
-    """Load a model written by :meth:`SCVAE.save`.
-
-    Parameters
-    ----------
-    path
-        The model folder.
-    adata
-        If given, checked to hold every gene of the model (an error names missing ones).
-    device
-        Where to put the parameters (``"cpu"``, ``"cuda"``, ``"auto"``).
-
-    Examples
-    --------
-    >>> model = scvae.load("pbmc_model", adata=adata)  # doctest: +SKIP
-    >>> adata.obsm["X_scvae"] = model.embed(adata)  # doctest: +SKIP
-    """
+def read_model_folder(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked config and weights of the model folder ``path`` (see :func:`save`)."""
     path = Path(path)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         hint = ""
@@ -155,8 +135,6 @@ def load(
         if aside and not path.exists():
             hint = f"; a save was interrupted: the previous model is in {aside[0]}"
         raise FileNotFoundError(f"{path} is not an scvae model folder ({CONFIG}, {WEIGHTS}){hint}")
-    if adata is not None and not isinstance(adata, AnnData):
-        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}")
     config = _read_config(path)
     weights = (path / WEIGHTS).read_bytes()
     expected = config.get("weights_sha256")
@@ -165,7 +143,6 @@ def load(
             f"{path / WEIGHTS} does not match {CONFIG} (SHA-256 differs): the file is "
             "corrupt, truncated or from another save; save the model again"
         )
-    reference = config.get("reference")
     try:
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -178,28 +155,7 @@ def load(
             f"{path / WEIGHTS} cannot be read ({error}); save the model again"
         ) from None
     _check_state(state, path)
-    device = resolve_device(device)
-    module = SCVAEModule(**config["module"])
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{path / WEIGHTS} does not fit {CONFIG}: {error}") from None
-    module.to(device).eval()
-    if adata is not None:
-        align_genes(adata.var_names, config["gene_names"])
-    return SCVAE(
-        module,
-        gene_names=config["gene_names"],
-        batch_categories=config["batch_categories"],
-        label_categories=config["label_categories"],
-        layer=config["layer"],
-        batch_key=config["batch_key"],
-        labels_key=config["labels_key"],
-        mask_layer=config.get("mask_layer"),
-        settings=config["settings"],
-        history=config["history"],
-        reference=LatentReference.from_dict(reference) if reference else None,
-    )
+    return config, state
 
 
 def _read_config(path: Path) -> dict[str, Any]:

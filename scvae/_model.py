@@ -12,8 +12,9 @@ from anndata import AnnData
 
 from ._backed import StreamingData
 from ._batches import MinibatchSource
-from ._data import CountData, prepare_counts
-from ._device import seeded
+from ._data import CountData, align_genes, prepare_counts
+from ._device import resolve_device, seeded
+from ._io import CONFIG, WEIGHTS, read_model_folder, save
 from ._module import SCVAEModule, importance_log_likelihood
 from ._read import ReadSpec, read_counts
 from ._reference import LatentReference
@@ -22,7 +23,7 @@ from ._train import evaluate_elbo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCVAE"]
+__all__ = ["SCVAE", "load"]
 
 
 class SCVAE:
@@ -257,6 +258,52 @@ class SCVAE:
         >>> model.save("pbmc_model")  # doctest: +SKIP
         >>> model = scvae.load("pbmc_model")  # doctest: +SKIP
         """
-        from ._io import save
-
         return save(self, path, overwrite=overwrite)
+
+
+def load(
+    path: str | Path, *, adata: AnnData | None = None, device: str | torch.device = "cpu"
+) -> SCVAE:
+    """Load a model written by :meth:`SCVAE.save`.
+
+    Parameters
+    ----------
+    path
+        The model folder.
+    adata
+        If given, checked to hold every gene of the model (an error names missing ones).
+    device
+        Where to put the parameters (``"cpu"``, ``"cuda"``, ``"auto"``).
+
+    Examples
+    --------
+    >>> model = scvae.load("pbmc_model", adata=adata)  # doctest: +SKIP
+    >>> adata.obsm["X_scvae"] = model.embed(adata)  # doctest: +SKIP
+    """
+    if adata is not None and not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}")
+    config, state = read_model_folder(path)
+    device = resolve_device(device)
+    module = SCVAEModule(**config["module"])
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        weights = Path(path) / WEIGHTS
+        raise ValueError(f"{weights} does not fit {CONFIG}: {error}") from None
+    module.to(device).eval()
+    if adata is not None:
+        align_genes(adata.var_names, config["gene_names"])
+    reference = config.get("reference")
+    return SCVAE(
+        module,
+        gene_names=config["gene_names"],
+        batch_categories=config["batch_categories"],
+        label_categories=config["label_categories"],
+        layer=config["layer"],
+        batch_key=config["batch_key"],
+        labels_key=config["labels_key"],
+        mask_layer=config.get("mask_layer"),
+        settings=config["settings"],
+        history=config["history"],
+        reference=LatentReference.from_dict(reference) if reference else None,
+    )

@@ -14,6 +14,8 @@ from anndata import AnnData
 
 from ._batches import MinibatchSource
 from ._device import seeded
+from ._generate import generate
+from .metrics import two_sample_auc
 
 if TYPE_CHECKING:
     from ._model import SCVAE
@@ -181,7 +183,6 @@ def compare_counts(
     another model's posterior predictive samples, in a benchmark). ``missing`` and
     ``drawn_missing`` mark entries left out of each side's statistics.
     """
-    from .metrics import two_sample_auc
 
     observed_stats = gene_statistics(observed, missing)
     drawn_stats = gene_statistics(drawn, drawn_missing)
@@ -219,7 +220,6 @@ def _redraw(model: SCVAE, data, seed: int) -> sp.csr_matrix:
 
 def _generate_like(model: SCVAE, adata: AnnData, data, labels_key: str | None, seed: int):
     """New cells with the batch (and type) composition of ``adata``, in its order."""
-    from ._generate import generate
 
     if labels_key is not None and labels_key not in adata.obs:
         raise KeyError(f"labels_key {labels_key!r} is not a column of adata.obs")

@@ -10,8 +10,10 @@ same questions (``n_cells``, ``library``, ``batch_index``, ``labels``, ``gene_to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from anndata import AnnData
 
 from ._backed import StreamingData, prepare_streaming
@@ -41,13 +43,21 @@ class ReadSpec:
 
 
 def read_counts(
-    adata: AnnData, spec: ReadSpec, *, for_fit: bool = True
+    adata: AnnData,
+    spec: ReadSpec,
+    *,
+    for_fit: bool = True,
+    share: tuple[int, int] = (0, 1),
+    reduce: Callable[..., list[np.ndarray]] | None = None,
 ) -> CountData | StreamingData:
     """The counts of ``adata`` as ``spec`` says, checked; ``adata`` is not modified.
 
     ``for_fit``: also refuse genes with every entry missing (nothing can be learnt about
     them) and, for a backed file, make the checking pass over it; without it (embedding new
-    cells), a backed file is checked block by block as it is encoded.
+    cells), a backed file is checked block by block as it is encoded. ``share`` and
+    ``reduce``: this process's ``(rank, world_size)`` and the sum over processes, so that
+    processes of one job each read a share of a backed file (see
+    :func:`~scvae._backed.prepare_streaming`).
     """
     options = {
         "layer": spec.layer,
@@ -58,7 +68,7 @@ def read_counts(
         "gene_names": spec.gene_names,
     }
     if isinstance(adata, AnnData) and adata.isbacked:
-        return prepare_streaming(adata, check=for_fit, **options)
+        return prepare_streaming(adata, check=for_fit, share=share, reduce=reduce, **options)
     data = prepare_counts(adata, **options)
     unmeasured = missing_genes(data) if for_fit else []
     if unmeasured:

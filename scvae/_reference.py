@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from ._backed import StreamingData
-from ._batches import MinibatchSource
 from ._data import CountData
-from ._stream import ChunkSource
+from ._sources import ordered_source
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +158,7 @@ def build_reference(
     size scaled up by the model's expected share of their observed genes.
     """
     module.eval()
-    if isinstance(data, StreamingData):  # a backed file: every cell, block by block
-        source = ChunkSource(data, np.arange(data.n_chunks), batch_size=1024, device=device)
-        source.rank, source.world = 0, 1  # every rank summarises all cells, identically
-    else:
-        source = MinibatchSource(data, batch_size=1024, device=device)
+    source = ordered_source(data, batch_size=1024, device=device)
     # Filled in place rather than collected per minibatch: small arrays kept alive between
     # the minibatches' large freed buffers keep the heap from shrinking (~2 kB per cell).
     loc = np.empty((data.n_cells, module.n_latent))

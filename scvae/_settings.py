@@ -217,6 +217,17 @@ class FitSettings:
             "dropout": self.dropout,
         }
 
+    def source_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~scvae._sources.make_sources` (after :meth:`resolved`)."""
+        return {
+            "validation_fraction": self.validation_fraction,
+            "early_stopping": self.early_stopping,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "device": self.device,
+            "balance_batches": self.balance == "batch",
+        }
+
     def train_options(self, *, validating: bool) -> dict[str, Any]:
         """Keyword arguments of :func:`~scvae._train.train` (after :meth:`resolved`)."""
         return {

@@ -19,12 +19,11 @@ from ._backed import StreamingData
 from ._balance import balance_weights
 from ._batches import MinibatchSource, Source
 from ._data import CountData
-from ._settings import FitSettings
-from ._stream import streaming_sources
+from ._stream import ChunkSource, streaming_sources
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Sources", "make_sources", "memory_sources", "split_cells"]
+__all__ = ["Sources", "make_sources", "memory_sources", "ordered_source", "split_cells"]
 
 
 class Sources(NamedTuple):
@@ -38,25 +37,31 @@ class Sources(NamedTuple):
 
 def make_sources(
     data: CountData | StreamingData,
-    settings: FitSettings,
     *,
+    validation_fraction: float,
+    early_stopping: bool,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str,
     validation_indices: np.ndarray | None = None,
     sample_weights: np.ndarray | None = None,
     with_labels: bool = False,
+    balance_batches: bool = False,
 ) -> Sources:
-    """Training and validation sources of ``data`` for a fit with ``settings`` (resolved).
+    """Training and validation sources of ``data``.
 
-    In memory, ``validation_fraction`` of the cells (at least 100 cells), or
+    In memory, ``validation_fraction`` of the cells (data of at least 100 cells), or
     ``validation_indices``, are held out; from a backed file, whole random blocks.
+    ``sample_weights``, ``with_labels`` and ``balance_batches`` apply to cells in memory.
     """
-    device = torch.device(settings.device)
+    device = torch.device(device)
     if data.backed:
         train, validation = streaming_sources(
             data,
-            validation_fraction=settings.validation_fraction,
-            early_stopping=settings.early_stopping,
-            batch_size=settings.batch_size,
-            seed=settings.seed,
+            validation_fraction=validation_fraction,
+            early_stopping=early_stopping,
+            batch_size=batch_size,
+            seed=seed,
             device=device,
         )
         return Sources(train, validation, None)
@@ -64,16 +69,28 @@ def make_sources(
         *memory_sources(
             data,
             validation_indices,
-            settings.validation_fraction,
-            settings.early_stopping,
-            settings.batch_size,
+            validation_fraction,
+            early_stopping,
+            batch_size,
             device,
-            settings.seed,
+            seed,
             sample_weights,
             with_labels=with_labels,
-            balance_batches=settings.balance == "batch",
+            balance_batches=balance_batches,
         )
     )
+
+
+def ordered_source(
+    data: CountData | StreamingData, *, batch_size: int, device: torch.device | str
+) -> Source:
+    """Every cell of ``data`` once, in order: what the encoders read (the reference's
+    summary of the training cells; every process reads all of them)."""
+    if data.backed:
+        source = ChunkSource(data, np.arange(data.n_chunks), batch_size=batch_size, device=device)
+        source.rank, source.world = 0, 1  # every rank summarises all cells, identically
+        return source
+    return MinibatchSource(data, batch_size=batch_size, device=device)
 
 
 def memory_sources(

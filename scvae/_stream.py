@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from . import _distributed as ddp
-from ._backed import StreamingData
+from ._backed import StreamingData, check_block
 from ._batches import Minibatch, stored_entries
 
 logger = logging.getLogger(__name__)
@@ -211,8 +211,6 @@ def embed_streaming(module, data: StreamingData, *, batch_size: int = 1024) -> n
     ``torch.distributed`` each rank encodes its share of the blocks and the parts are summed
     into the full array on every rank.
     """
-    from ._backed import check_block
-
     module.eval()
     device = next(module.parameters()).device
     rank, world = ddp.rank_world()

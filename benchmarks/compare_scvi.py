@@ -24,10 +24,10 @@ import numpy as np
 from _common import PeakRSS, environment, markdown_table, prepare, scvi_epoch_timer, write_json
 
 from scvae import metrics
-from scvae._api import fit_counts
-from scvae._batches import minibatches_per_epoch
-from scvae._data import prepare_counts
-from scvae._settings import FitSettings
+from scvae._batches.minibatch import minibatches_per_epoch
+from scvae._data.memory import prepare_counts
+from scvae._fit.fit import fit_counts
+from scvae._fit.settings import FitSettings
 
 logger = logging.getLogger("benchmark")
 

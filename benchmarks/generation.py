@@ -26,10 +26,10 @@ import numpy as np
 from _common import fit_scvi_reference, prepare, report
 
 import scvae
-from scvae._api import fit_counts
-from scvae._data import prepare_counts
-from scvae._ppc import compare_counts
-from scvae._settings import FitSettings
+from scvae._data.memory import prepare_counts
+from scvae._fit.fit import fit_counts
+from scvae._fit.settings import FitSettings
+from scvae._tools.ppc import compare_counts
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ from _common import prepare, report
 from sklearn.metrics import balanced_accuracy_score
 
 from scvae import metrics
-from scvae._api import fit_counts
-from scvae._data import prepare_counts
-from scvae._settings import FitSettings
+from scvae._data.memory import prepare_counts
+from scvae._fit.fit import fit_counts
+from scvae._fit.settings import FitSettings
 
 
 def embeddings(adata, train_idx, epochs: int | None) -> dict[str, np.ndarray]:

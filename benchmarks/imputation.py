@@ -33,11 +33,11 @@ import torch
 from _common import fit_scvi_reference, prepare, report, split
 
 import scvae
-from scvae._api import fit_counts
-from scvae._data import prepare_counts
-from scvae._distributions import CountDistribution
-from scvae._impute import count_interval, predictive_draws
-from scvae._settings import FitSettings
+from scvae._data.memory import prepare_counts
+from scvae._fit.fit import fit_counts
+from scvae._fit.settings import FitSettings
+from scvae._tools.impute import count_interval, predictive_draws
+from scvae._vae.distributions import CountDistribution
 from scvae.datasets import simulate
 from scvae.metrics import randomized_pit
 

@@ -50,9 +50,9 @@ def child(
     import torch
 
     import scvae
-    from scvae import _distributed as ddp
-    from scvae._batches import MinibatchSource
-    from scvae._stream import ChunkSource
+    from scvae._batches.blocks import ChunkSource
+    from scvae._batches.minibatch import MinibatchSource
+    from scvae._utils import distributed as ddp
 
     torch.set_num_threads(threads)
     for source in (ChunkSource, MinibatchSource):

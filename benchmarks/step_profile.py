@@ -31,12 +31,12 @@ import torch
 from _common import prepare, report, scvi_epoch_timer
 from torch.distributions import Normal, kl_divergence
 
-from scvae._batches import MinibatchSource
-from scvae._data import prepare_counts
-from scvae._heap import steady_heap
-from scvae._module import SCVAEModule
-from scvae._objective import CountRows
-from scvae._train import _step_loss, adam
+from scvae._batches.minibatch import MinibatchSource
+from scvae._data.memory import prepare_counts
+from scvae._train.heap import steady_heap
+from scvae._train.loop import _step_loss, adam
+from scvae._vae.module import SCVAEModule
+from scvae._vae.objective import CountRows
 
 logger = logging.getLogger("benchmark")
 
@@ -239,7 +239,7 @@ def main() -> None:
     train = adata[train_idx].copy()
     data = prepare_counts(train)
     rows = []
-    # Every variant runs with freed memory kept for reuse, as scvae.fit trains (scvae._heap),
+    # Every variant runs with freed memory kept for reuse, as scvae.fit trains (scvae._train.heap),
     # so that the comparison is of the arithmetic, not of page faults.
     with steady_heap():
         for batch_size in args.batch_sizes:

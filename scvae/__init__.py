@@ -6,13 +6,13 @@
 """
 
 from . import datasets, metrics, pl
-from ._api import fit
-from ._generate import generate
-from ._impute import denoise, impute, predictive_log_likelihood
-from ._model import SCVAE, load
-from ._panels import concat_panels
-from ._ppc import PosteriorPredictiveCheck, gene_statistics, posterior_predictive_check
-from ._train import NonFiniteLossError
+from ._data.panels import concat_panels
+from ._fit.fit import fit
+from ._model.scvae import SCVAE, load
+from ._tools.generate import generate
+from ._tools.impute import denoise, impute, predictive_log_likelihood
+from ._tools.ppc import PosteriorPredictiveCheck, gene_statistics, posterior_predictive_check
+from ._train.loop import NonFiniteLossError
 from ._version import __version__
 
 __all__ = [

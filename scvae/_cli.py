@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _distributed as ddp
-from ._io import check_model_path
+from ._model.io import check_model_path
+from ._utils import distributed as ddp
 
 logger = logging.getLogger(__name__)
 

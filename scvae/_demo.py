@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, metrics, pl
-from ._api import fit
-from ._generate import generate
-from ._impute import impute
-from ._ppc import posterior_predictive_check
+from ._fit.fit import fit
+from ._tools.generate import generate
+from ._tools.impute import impute
+from ._tools.ppc import posterior_predictive_check
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import scipy.sparse as sp
 
 import scvae
 from scvae import metrics
-from scvae._backed import prepare_streaming
-from scvae._stream import ChunkSource
+from scvae._batches.blocks import ChunkSource
+from scvae._data.backed import prepare_streaming
 
 # A child process measures its own peak RSS: imports and a tiny warm-up fit first (their
 # memory is not the data's), then the kernel's high-water mark is reset. "stream": one
@@ -36,9 +36,9 @@ Path("/proc/self/clear_refs").write_text("5")
 start = status_bytes("VmRSS")
 adata = anndata.read_h5ad(sys.argv[1], backed="r" if sys.argv[2] != "memory" else None)
 if sys.argv[2] == "stream":
-    from scvae._backed import prepare_streaming
-    from scvae._module import SCVAEModule
-    from scvae._stream import embed_streaming, streaming_sources
+    from scvae._data.backed import prepare_streaming
+    from scvae._vae.module import SCVAEModule
+    from scvae._batches.blocks import embed_streaming, streaming_sources
 
     data = prepare_streaming(adata)
     train, val = streaming_sources(

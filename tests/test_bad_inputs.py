@@ -23,8 +23,8 @@ import scipy.sparse as sp
 import torch
 
 import scvae
-from scvae._data import prepare_counts
-from scvae._train import NonFiniteLossError
+from scvae._data.memory import prepare_counts
+from scvae._train.loop import NonFiniteLossError
 
 from .fingerprint import changed, fingerprint
 

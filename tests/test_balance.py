@@ -5,7 +5,7 @@ import pytest
 
 import scvae
 from scvae import metrics
-from scvae._balance import balance_weights, class_weights
+from scvae._batches.weights import balance_weights, class_weights
 
 from .conftest import quick_fit
 
@@ -61,8 +61,8 @@ def test_single_class_cannot_be_balanced():
 
 
 def test_balanced_sampling_draws_rare_cells_more_often(small_adata):
-    from scvae._batches import MinibatchSource
-    from scvae._data import prepare_counts
+    from scvae._batches.minibatch import MinibatchSource
+    from scvae._data.memory import prepare_counts
 
     data = prepare_counts(small_adata)
     codes = np.where(np.arange(data.n_cells) < 30, 1, 0)  # 30 "rare" cells among 600
@@ -168,13 +168,13 @@ def test_auto_balance_finds_classes_without_labels(small_adata):
 
 
 def test_balance_batch_samples_each_batch_equally(small_adata, monkeypatch):
-    import scvae._sources
+    import scvae._batches.split
 
     adata = small_adata[
         (small_adata.obs["batch"] == "batch_0").to_numpy() | (np.arange(600) % 6 == 0)
     ].copy()
     seen = {}
-    original = scvae._sources.MinibatchSource
+    original = scvae._batches.split.MinibatchSource
 
     def recording(data, indices=None, **kwargs):
         if kwargs.get("shuffle"):
@@ -182,7 +182,7 @@ def test_balance_batch_samples_each_batch_equally(small_adata, monkeypatch):
             seen["batch"] = data.batch_index[indices]
         return original(data, indices, **kwargs)
 
-    monkeypatch.setattr(scvae._sources, "MinibatchSource", recording)
+    monkeypatch.setattr(scvae._batches.split, "MinibatchSource", recording)
     quick_fit(adata, batch_key="batch", balance="batch", max_epochs=2)
     totals = np.bincount(seen["batch"], weights=seen["p"])
     assert np.bincount(seen["batch"])[1] < np.bincount(seen["batch"])[0] / 3  # uneven batches

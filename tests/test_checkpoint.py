@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import scvae
-from scvae import _train
+from scvae._train import loop as _train
 
 
 def fit(adata, **options):

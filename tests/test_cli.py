@@ -8,8 +8,8 @@ import anndata
 import pytest
 
 import scvae
-from scvae import _atomic
 from scvae.__main__ import main
+from scvae._utils import atomic as _atomic
 
 
 @pytest.fixture(scope="module")

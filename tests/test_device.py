@@ -10,9 +10,9 @@ import scipy.sparse as sp
 import torch
 
 import scvae
-import scvae._batches
-from scvae._batches import MinibatchSource, ResidentCSR
-from scvae._data import prepare_counts
+import scvae._batches.minibatch
+from scvae._batches.minibatch import MinibatchSource, ResidentCSR
+from scvae._data.memory import prepare_counts
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -112,7 +112,7 @@ def test_gpu_minibatches_are_resident_and_equal_cpu_minibatches(monkeypatch):
     chunks = source("cuda", "chunks")
     chunks.chunk_batches = 2
     _assert_same_minibatches(source("cpu"), chunks)
-    monkeypatch.setattr(scvae._batches, "_RESIDENT_SHARE", 0.0)  # nothing fits
+    monkeypatch.setattr(scvae._batches.minibatch, "_RESIDENT_SHARE", 0.0)  # nothing fits
     data = _counts_with_holes()  # a fresh copy: the device copy is made once per data
     too_large = source("cuda")
     assert too_large.placement == "chunks" and too_large.resident is None
@@ -152,8 +152,8 @@ def _training_steps(device: str, sync_check: bool = False) -> list[float]:
     """Two epochs of training steps; returns the mean loss of each epoch."""
     import pyro
 
-    from scvae._module import SCVAEModule
-    from scvae._train import _step_loss
+    from scvae._train.loop import _step_loss
+    from scvae._vae.module import SCVAEModule
 
     data = _counts_with_holes()
     # 300 cells in 5 minibatches: each epoch's mean loss is over the same cells.
@@ -191,8 +191,8 @@ def test_training_steps_of_the_sync_test_learn_on_the_cpu():
 def test_training_loss_from_stored_entries_equals_the_elementwise_loss():
     """The step's loss and gradients are the same whether the NB objective is computed from
     the minibatch's stored entries or elementwise (data with holes, two batches)."""
-    from scvae._module import SCVAEModule
-    from scvae._train import _step_loss
+    from scvae._train.loop import _step_loss
+    from scvae._vae.module import SCVAEModule
 
     data = _counts_with_holes()
     batch = next(iter(MinibatchSource(data, batch_size=64, shuffle=True)))

@@ -10,9 +10,10 @@ import pytest
 import scipy.sparse as sp
 
 import scvae
-from scvae import _distributed, metrics
-from scvae._backed import prepare_streaming
-from scvae._stream import ChunkSource
+from scvae import metrics
+from scvae._batches.blocks import ChunkSource
+from scvae._data.backed import prepare_streaming
+from scvae._utils import distributed as _distributed
 
 
 def torchrun(*args: str, n_processes: int = 2) -> subprocess.CompletedProcess:

@@ -5,13 +5,13 @@ import pytest
 import torch
 from scipy import stats
 
-from scvae._distributions import (
+from scvae._vae.distributions import (
     CountDistribution,
     nb_log_prob,
     poisson_log_prob,
     zinb_log_prob,
 )
-from scvae._objective import (
+from scvae._vae.objective import (
     CountRows,
     digamma,
     lgamma,
@@ -148,7 +148,7 @@ def test_pyro_plates_keep_the_dispersion_per_gene():
     import pyro
     from pyro import poutine
 
-    from scvae._module import SCVAEModule
+    from scvae._vae.module import SCVAEModule
 
     module = SCVAEModule(30, library_scale=100.0)
     x = torch.poisson(torch.full((8, 30), 2.0))

@@ -195,7 +195,7 @@ def test_fit_keywords_are_the_fields_of_fit_settings():
     import dataclasses
     import inspect
 
-    from scvae._settings import FitSettings
+    from scvae._fit.settings import FitSettings
 
     parameters = list(inspect.signature(scvae.fit).parameters.values())[1:]
     fields = dataclasses.fields(FitSettings)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from scvae._heap import _glibc
+from scvae._train.heap import _glibc
 
 pytestmark = pytest.mark.skipif(
     _glibc() is None, reason="needs glibc's malloc, and SCVAE_STEADY_HEAP not 0"
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 _PROBE = """
 import json, resource, torch
-from scvae._heap import steady_heap
+from scvae._train.heap import steady_heap
 
 def resident():
     with open("/proc/self/statm") as statm:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from scvae._module import SCVAEModule, _Dropout
-from scvae._train import kl_weight_at, mean_field_loss
+from scvae._train.loop import kl_weight_at, mean_field_loss
+from scvae._vae.module import SCVAEModule, _Dropout
 
 
 def _batch(n=32, g=40, n_batches=2, seed=0, with_mask=True):

@@ -16,8 +16,8 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from scvae._batches import MinibatchSource
-from scvae._data import prepare_counts
+from scvae._batches.minibatch import MinibatchSource
+from scvae._data.memory import prepare_counts
 
 from .fingerprint import changed, fingerprint
 
@@ -164,7 +164,7 @@ def test_minibatches_are_exactly_the_input_rows(case, batch_size, shuffle, drop_
 def test_fit_trains_on_exactly_the_input_rows(monkeypatch_once, case, batch_size):
     """End to end: every minibatch ``fit`` hands the model holds input rows, bit for bit."""
     import scvae
-    from scvae import _train
+    from scvae._train import loop as _train
 
     adata, counts, missing, use_mask, _ = case
     library = counts.sum(axis=1)

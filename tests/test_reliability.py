@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import scvae
-from scvae import _train
-from scvae._train import NonFiniteLossError
+from scvae._train import loop as _train
+from scvae._train.loop import NonFiniteLossError
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ SAVER = textwrap.dedent(
 
     import torch
     import scvae
-    from scvae import _atomic
+    from scvae._utils import atomic as _atomic
 
     target, stage, ready = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     model = scvae.load(target)

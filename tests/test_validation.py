@@ -129,7 +129,7 @@ def test_not_an_anndata():
 
 
 def test_sparse_nan_marks_only_the_nan_entries_missing():
-    from scvae._data import prepare_counts
+    from scvae._data.memory import prepare_counts
 
     x = np.array([[1, np.nan, 0, 4], [2, 3, np.nan, 0]], dtype=np.float32)
     data = prepare_counts(ad.AnnData(sp.csr_matrix(x)))

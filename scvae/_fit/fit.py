@@ -10,20 +10,20 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from . import _distributed as ddp
-from ._balance import label_head
-from ._checkpoint import Checkpointing, fit_identity
-from ._data import CountData
-from ._device import seeded
-from ._model import SCVAE
-from ._module import SCVAEModule
-from ._read import ReadSpec, read_counts
-from ._reference import LatentReference, build_reference
-from ._results import report_all_zero_genes, write_results
-from ._settings import FitSettings
-from ._sources import make_sources
-from ._train import NonFiniteLossError, train
-from .metrics import leiden_clusters
+from .._batches.split import make_sources
+from .._batches.weights import label_head
+from .._data.memory import CountData
+from .._data.spec import ReadSpec, read_counts
+from .._model.reference import LatentReference, build_reference
+from .._model.scvae import SCVAE
+from .._train.checkpoint import Checkpointing, fit_identity
+from .._train.loop import NonFiniteLossError, train
+from .._utils import distributed as ddp
+from .._utils.device import seeded
+from .._vae.module import SCVAEModule
+from ..metrics import leiden_clusters
+from .results import report_all_zero_genes, write_results
+from .settings import FitSettings
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +178,13 @@ def fit_counts(
     validation_indices: np.ndarray | None = None,
     sample_weights: np.ndarray | None = None,
 ) -> SCVAE:
-    """Fit on counts already read (:func:`scvae._data.read_counts`): :func:`fit` without
+    """Fit on counts already read (:func:`scvae._data.memory.read_counts`): :func:`fit` without
     the AnnData, for benchmarks and for the first fit of ``balance="auto"``.
 
     ``validation_indices`` fixes the held-out cells (e.g. a benchmark's test split: their
     ELBO is then recorded every epoch) instead of drawing ``validation_fraction`` of them.
     ``sample_weights`` (one per cell of ``data``): training cells are drawn with probability
-    proportional to them (for class balancing, see :mod:`scvae._balance`).
+    proportional to them (for class balancing, see :mod:`scvae._batches.weights`).
     """
     given = FitSettings() if settings is None else settings
     _check_against_data(data, given)

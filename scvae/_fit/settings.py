@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._device import resolve_device
-from ._module import DISPERSIONS, LIKELIHOODS
+from .._utils.device import resolve_device
+from .._vae.module import DISPERSIONS, LIKELIHOODS
 
 __all__ = ["BALANCE", "FitSettings", "default_lr", "default_max_epochs"]
 
@@ -207,7 +207,7 @@ class FitSettings:
 
     # -- each stage's part ---------------------------------------------------------------------
     def module_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~scvae._module.SCVAEModule` from these settings."""
+        """Keyword arguments of :class:`~scvae._vae.module.SCVAEModule` from these settings."""
         return {
             "n_latent": self.n_latent,
             "n_hidden": self.n_hidden,
@@ -218,7 +218,8 @@ class FitSettings:
         }
 
     def source_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~scvae._sources.make_sources` (after :meth:`resolved`)."""
+        """Keyword arguments of :func:`~scvae._batches.split.make_sources` (after
+        :meth:`resolved`)."""
         return {
             "validation_fraction": self.validation_fraction,
             "early_stopping": self.early_stopping,
@@ -229,7 +230,7 @@ class FitSettings:
         }
 
     def train_options(self, *, validating: bool) -> dict[str, Any]:
-        """Keyword arguments of :func:`~scvae._train.train` (after :meth:`resolved`)."""
+        """Keyword arguments of :func:`~scvae._train.loop.train` (after :meth:`resolved`)."""
         return {
             "max_epochs": self.max_epochs,
             "lr": self.lr,

@@ -1,6 +1,6 @@
 """The model folder on disk: the weights (tensors only) and a JSON config; files only.
 
-Saving is atomic (see :mod:`scvae._atomic`): a crash or a kill during ``save`` leaves the
+Saving is atomic (see :mod:`scvae._utils.atomic`): a crash or a kill during ``save`` leaves the
 previous model in place. Loading reads the weights with ``torch.load(weights_only=True)``,
 which unpickles tensors and plain containers only: loading a model file never runs code from
 it. The config records a SHA-256 of the weights, so a truncated, corrupt or mismatched
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._atomic import interrupted_saves, write_folder
-from ._version import __version__
+from .._utils.atomic import interrupted_saves, write_folder
+from .._version import __version__
 
 if TYPE_CHECKING:
-    from ._model import SCVAE
+    from .scvae import SCVAE
 
 logger = logging.getLogger(__name__)
 

@@ -10,16 +10,16 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ._backed import StreamingData
-from ._batches import MinibatchSource
-from ._data import CountData, align_genes, prepare_counts
-from ._device import resolve_device, seeded
-from ._io import CONFIG, WEIGHTS, read_model_folder, save
-from ._module import SCVAEModule, importance_log_likelihood
-from ._read import ReadSpec, read_counts
-from ._reference import LatentReference
-from ._stream import embed_streaming
-from ._train import evaluate_elbo
+from .._batches.blocks import embed_streaming
+from .._batches.minibatch import MinibatchSource
+from .._data.backed import StreamingData
+from .._data.memory import CountData, align_genes, prepare_counts
+from .._data.spec import ReadSpec, read_counts
+from .._train.loop import evaluate_elbo
+from .._utils.device import resolve_device, seeded
+from .._vae.module import SCVAEModule, importance_log_likelihood
+from .io import CONFIG, WEIGHTS, read_model_folder, save
+from .reference import LatentReference
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-from . import _distributed as ddp
-from ._batches import Source
-from ._checkpoint import Checkpointing
-from ._heap import steady_heap
-from ._module import SCVAEModule
+from .._batches.minibatch import Source
+from .._utils import distributed as ddp
+from .._vae.module import SCVAEModule
+from .checkpoint import Checkpointing
+from .heap import steady_heap
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Minibatches streamed from a backed file: shuffled block order, shuffling inside a buffer.
 
-:class:`ChunkSource` yields the same :class:`~scvae._batches.Minibatch` objects as the
-in-memory :class:`~scvae._batches.MinibatchSource`, so the training loop does not know where
-the counts come from. Each epoch visits the source's blocks of consecutive rows in a new
-random order; ``buffer_chunks`` blocks at a time are read (each block is one sequential read),
-their cells shuffled together and cut into minibatches. Memory holds one buffer, whatever the
-number of cells.
+:class:`ChunkSource` yields the same :class:`~scvae._batches.minibatch.Minibatch` objects as
+the in-memory :class:`~scvae._batches.minibatch.MinibatchSource`, so the training loop does not
+know where the counts come from. Each epoch visits the source's blocks of consecutive rows in a
+new random order; ``buffer_chunks`` blocks at a time are read (each block is one sequential
+read), their cells shuffled together and cut into minibatches. Memory holds one buffer,
+whatever the number of cells.
 
 Under ``torch.distributed`` every rank takes its own share of the blocks and yields exactly
 the same number of minibatches (DDP needs every rank at every step): a rank whose share is
@@ -21,9 +21,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import _distributed as ddp
-from ._backed import StreamingData, check_block
-from ._batches import Minibatch, stored_entries
+from .._data.backed import StreamingData, check_block
+from .._utils import distributed as ddp
+from .minibatch import Minibatch, stored_entries
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class ChunkSource:
         return -(-int(cells) // self.batch_size)
 
     def log_factorial_per_cell(self) -> float:
-        """Mean over the source's cells of sum_g lgamma(x_g + 1) (see :mod:`scvae._train`)."""
+        """Mean over the source's cells of sum_g lgamma(x_g + 1) (see :mod:`scvae._train.loop`)."""
         return float(self.data.log_factorial[self.rows].astype(np.float64).mean())
 
     def median_library(self) -> float:

@@ -16,11 +16,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from ._batches import MinibatchSource
-from ._data import CountData, align_genes, prepare_counts
-from ._device import seeded
-from ._distributions import CountDistribution
-from ._model import SCVAE
+from .._batches.minibatch import MinibatchSource
+from .._data.memory import CountData, align_genes, prepare_counts
+from .._model.scvae import SCVAE
+from .._utils.device import seeded
+from .._vae.distributions import CountDistribution
 
 logger = logging.getLogger(__name__)
 

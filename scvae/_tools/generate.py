@@ -12,11 +12,11 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from ._device import seeded
-from ._reference import LatentReference, build_reference
+from .._model.reference import LatentReference, build_reference
+from .._utils.device import seeded
 
 if TYPE_CHECKING:
-    from ._model import SCVAE
+    from .._model.scvae import SCVAE
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._atomic import write_file
+from .._utils.atomic import write_file
 
 logger = logging.getLogger(__name__)
 

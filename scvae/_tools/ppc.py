@@ -12,13 +12,13 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from ._batches import MinibatchSource
-from ._device import seeded
-from ._generate import generate
-from .metrics import two_sample_auc
+from .._batches.minibatch import MinibatchSource
+from .._utils.device import seeded
+from ..metrics import two_sample_auc
+from .generate import generate
 
 if TYPE_CHECKING:
-    from ._model import SCVAE
+    from .._model.scvae import SCVAE
 
 logger = logging.getLogger(__name__)
 

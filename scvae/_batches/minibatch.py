@@ -12,7 +12,7 @@ many minibatches (~256 MB of CSR) are gathered on the host and sent as one CSR b
 minibatches are densified from it on the device. On the CPU each minibatch's rows are picked
 from the matrix and densified by scipy (faster there than the gather). All three ways give the
 same minibatches, each with the list of its stored entries (``Minibatch.nonzeros``) beside the
-dense block, for the NB training objective (``scvae._objective``).
+dense block, for the NB training objective (``scvae._vae.objective``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 from scipy.special import gammaln
 
-from ._data import CountData
+from .._data.memory import CountData
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Minibatch(NamedTuple):
 class Source(Protocol):
     """What the training loop, the reference builder and the encoders need of minibatches:
     random rows in memory (:class:`MinibatchSource`) and shuffled blocks of a backed file
-    (:class:`~scvae._stream.ChunkSource`) are two sources behind this one protocol."""
+    (:class:`~scvae._batches.blocks.ChunkSource`) are two sources behind this one protocol."""
 
     device: torch.device
     batch_size: int

@@ -181,7 +181,7 @@ class CountDistribution(TorchDistribution):
         Instead of ``log_mu``: the decoder's gene logits ``(cells, genes)`` and each cell's
         log library size ``(cells,)``, with ``log_mu = log_softmax(logits) + log_library``
         computed when first needed (the fused training objective of
-        :class:`~scvae._objective.CountRows` starts from the logits and never needs it).
+        :class:`~scvae._vae.objective.CountRows` starts from the logits and never needs it).
     """
 
     arg_constraints: ClassVar[dict] = {}

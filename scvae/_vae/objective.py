@@ -7,7 +7,7 @@ entries, and no search for them: :func:`nb_rows_log_prob`, or, for one dispersio
 and no missing values, :func:`nb_logits_rows_log_prob`, which starts from the decoder's
 logits and writes its gradient out. :class:`CountRows` is the model's ``counts`` site: one
 event per cell, which takes these routes when it can and the elementwise log-probability of
-:class:`~scvae._distributions.CountDistribution` otherwise.
+:class:`~scvae._vae.distributions.CountDistribution` otherwise.
 Reported likelihoods never take it (they need the exact float64 route).
 """
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
-from ._distributions import CountDistribution
+from .distributions import CountDistribution
 
 __all__ = ["CountRows", "digamma", "lgamma", "nb_logits_rows_log_prob", "nb_rows_log_prob"]
 
@@ -96,7 +96,7 @@ def nb_rows_log_prob(
     x
         Counts, ``(cells, genes)``; missing entries hold 0.
     log_mu, log_theta
-        As in :func:`scvae._distributions.nb_log_prob`; ``log_theta`` is ``(genes,)`` or
+        As in :func:`scvae._vae.distributions.nb_log_prob`; ``log_theta`` is ``(genes,)`` or
         ``(cells, genes)``.
     nonzeros
         ``(rows, cols, values)`` of the stored entries of ``x``: every nonzero listed once

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backed import StreamingData
-from ._data import CountData
-from ._sources import ordered_source
+from .._batches.split import ordered_source
+from .._data.backed import StreamingData
+from .._data.memory import CountData
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ._device import cuda_devices
+from .device import cuda_devices
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """One way in: an AnnData, in memory or backed by its file, read into counts by a ``ReadSpec``.
 
 :func:`read_counts` is the only place that asks which kind of AnnData it was handed. In
-memory, the counts become one checked CSR matrix (:class:`~scvae._data.CountData`); backed by
-a file, one streaming pass checks them and collects what training needs per cell, and the
-counts stay in the file (:class:`~scvae._backed.StreamingData`). Both records answer the
+memory, the counts become one checked CSR matrix (:class:`~scvae._data.memory.CountData`);
+backed by a file, one streaming pass checks them and collects what training needs per cell, and the
+counts stay in the file (:class:`~scvae._data.backed.StreamingData`). Both records answer the
 same questions (``n_cells``, ``library``, ``batch_index``, ``labels``, ``gene_totals``,
 ``backed``), and everything after reading works from those.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from anndata import AnnData
 
-from ._backed import StreamingData, prepare_streaming
-from ._data import CountData, missing_genes, prepare_counts
+from .backed import StreamingData, prepare_streaming
+from .memory import CountData, missing_genes, prepare_counts
 
 __all__ = ["ReadSpec", "read_counts"]
 
@@ -57,7 +57,7 @@ def read_counts(
     cells), a backed file is checked block by block as it is encoded. ``share`` and
     ``reduce``: this process's ``(rank, world_size)`` and the sum over processes, so that
     processes of one job each read a share of a backed file (see
-    :func:`~scvae._backed.prepare_streaming`).
+    :func:`~scvae._data.backed.prepare_streaming`).
     """
     options = {
         "layer": spec.layer,

@@ -64,7 +64,7 @@ class CountData:
     def n_genes(self) -> int:
         return self.counts.shape[1]
 
-    #: The counts are in memory (:class:`~scvae._backed.StreamingData` reads them from a file).
+    #: The counts are in memory (a :class:`~scvae._data.backed.StreamingData` reads a file).
     backed = False
 
     def close(self) -> None:

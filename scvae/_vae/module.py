@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
-from ._distributions import CountDistribution
-from ._objective import CountRows
+from .distributions import CountDistribution
+from .objective import CountRows
 
 __all__ = ["LIKELIHOODS", "SCVAEModule", "importance_log_likelihood"]
 
@@ -143,7 +143,7 @@ class SCVAEModule(nn.Module):
         label_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        #: The constructor arguments: enough to rebuild the module (see ``scvae._io``).
+        #: The constructor arguments: enough to rebuild the module (see ``scvae._model.io``).
         self.config = {
             "n_genes": n_genes,
             "n_batches": n_batches,

@@ -12,10 +12,10 @@ import pyro
 import torch
 from anndata import AnnData
 
-from ._backed import StreamingData
-from ._data import CountData
-from ._model import SCVAE
-from ._version import __version__
+from .._data.backed import StreamingData
+from .._data.memory import CountData
+from .._model.scvae import SCVAE
+from .._version import __version__
 
 logger = logging.getLogger(__name__)
 

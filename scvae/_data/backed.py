@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.special import gammaln
 
-from ._data import _check_cells, _check_values, _codes, _sparse_position, align_genes
+from .memory import _check_cells, _check_values, _codes, _sparse_position, align_genes
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class StreamingData:
     """What training needs per cell of a backed AnnData, without its counts.
 
     The counts stay in the file (:attr:`matrix`); the per-cell arrays here take a few bytes
-    per cell. Attributes mirror :class:`~scvae._data.CountData`.
+    per cell. Attributes mirror :class:`~scvae._data.memory.CountData`.
     """
 
     matrix: BackedMatrix
@@ -141,7 +141,7 @@ class StreamingData:
     labels: np.ndarray | None = None
     label_categories: list[str] = field(default_factory=list)
     missing: None = None
-    #: The counts stay in the file (:class:`~scvae._data.CountData` holds them in memory).
+    #: The counts stay in the file (:class:`~scvae._data.memory.CountData` holds them in memory).
     backed = True
 
     @property
@@ -201,7 +201,7 @@ def prepare_streaming(
     adata
         Backed AnnData with raw counts as CSR in ``X`` or ``layers[layer]``. Not modified.
     layer, batch_key, labels_key, batch_categories, gene_names
-        As in :func:`~scvae._data.prepare_counts`.
+        As in :func:`~scvae._data.memory.prepare_counts`.
     mask_layer
         Not supported for backed data (an error says what to do).
     chunk_rows

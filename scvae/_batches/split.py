@@ -1,9 +1,10 @@
 """Which cells train and which validate, per process: the minibatch sources of a fit.
 
-:func:`make_sources` is the one place that picks the kind of source for the data: random rows
-of counts in memory (:class:`~scvae._batches.MinibatchSource`) or shuffled blocks of a backed
-file (:class:`~scvae._stream.ChunkSource`). The training loop and the reference builder see
-only the :class:`~scvae._batches.Source` protocol both follow.
+:func:`make_sources` is the one place that picks the kind of source for the data: random
+rows of counts in memory (:class:`~scvae._batches.minibatch.MinibatchSource`) or shuffled
+blocks of a backed file (:class:`~scvae._batches.blocks.ChunkSource`). The training loop and
+the reference builder see only the :class:`~scvae._batches.minibatch.Source` protocol both
+follow.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import _distributed as ddp
-from ._backed import StreamingData
-from ._balance import balance_weights
-from ._batches import MinibatchSource, Source
-from ._data import CountData
-from ._stream import ChunkSource, streaming_sources
+from .._data.backed import StreamingData
+from .._data.memory import CountData
+from .._utils import distributed as ddp
+from .blocks import ChunkSource, streaming_sources
+from .minibatch import MinibatchSource, Source
+from .weights import balance_weights
 
 logger = logging.getLogger(__name__)
 

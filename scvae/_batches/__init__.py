@@ -1,0 +1,1 @@
+"""Stage 2, counts -> minibatches: the sources a fit trains on (torch; never AnnData)."""

@@ -1,0 +1,1 @@
+"""Stage 1, AnnData -> counts: read and check the user's data (numpy, scipy, h5py; never torch)."""

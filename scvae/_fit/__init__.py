@@ -1,0 +1,1 @@
+"""Stage 6, ``scvae.fit``: the settings, the fit, what it writes into the AnnData."""

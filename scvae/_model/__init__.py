@@ -1,0 +1,1 @@
+"""Stage 5, the fitted model as a user holds it: SCVAE, its folder on disk, its reference."""

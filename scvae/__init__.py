@@ -12,7 +12,7 @@ from ._model.scvae import SCVAE, load
 from ._tools.generate import generate
 from ._tools.impute import denoise, impute, predictive_log_likelihood
 from ._tools.ppc import PosteriorPredictiveCheck, gene_statistics, posterior_predictive_check
-from ._train.loop import NonFiniteLossError
+from ._train.guards import NonFiniteLossError
 from ._version import __version__
 
 __all__ = [

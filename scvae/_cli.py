@@ -13,9 +13,14 @@ import argparse
 import logging
 from pathlib import Path
 
+import anndata
 import numpy as np
+import torch.distributed as dist
+from anndata import AnnData
 
+from ._fit.fit import fit
 from ._model.io import check_model_path
+from ._model.scvae import load
 from ._utils import distributed as ddp
 
 logger = logging.getLogger(__name__)
@@ -74,30 +79,24 @@ def run_command(args: argparse.Namespace) -> int:
             _embed(args, distributed)
     finally:
         if distributed:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     return 0
 
 
 def _read(path: Path, in_memory: bool):
-    import anndata
-
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     return anndata.read_h5ad(path, backed=None if in_memory else "r")
 
 
 def _fit(args: argparse.Namespace, distributed: bool) -> None:
-    import scvae
-
     out: Path = args.out
     # Before any training: a bad --out fails in the first second, not after the fit.
     check_model_path(out, overwrite=args.overwrite, flag="--overwrite")
     _check_output(args.embedding, args.file)
     adata = _read(args.file, args.in_memory)
     device = ddp.local_device() if distributed else args.device
-    model = scvae.fit(
+    model = fit(
         adata,
         layer=args.layer,
         batch_key=args.batch_key,
@@ -123,11 +122,9 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
 
 
 def _embed(args: argparse.Namespace, distributed: bool) -> None:
-    import scvae
-
     _check_output(args.out, args.file)
     device = ddp.local_device() if distributed else args.device
-    model = scvae.load(args.model, device=device)
+    model = load(args.model, device=device)
     adata = _read(args.file, args.in_memory)
     z = model.embed(adata, layer=model.layer if args.layer is None else args.layer)
     if ddp.rank_world()[0] == 0:
@@ -150,8 +147,6 @@ def _check_output(out: Path | None, source: Path) -> None:
 
 
 def _write_embedding(out: Path, adata, z: np.ndarray) -> None:
-    from anndata import AnnData
-
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, z)

@@ -21,7 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._data.backed import StreamingData, check_block
+from .._data.checks import check_block
+from .._data.counts import StreamingData
 from .._utils import distributed as ddp
 from .minibatch import Minibatch, stored_entries
 

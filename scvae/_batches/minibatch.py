@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 from scipy.special import gammaln
 
-from .._data.memory import CountData
+from .._data.counts import CountData
 
 logger = logging.getLogger(__name__)
 

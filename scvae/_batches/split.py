@@ -15,8 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .._data.backed import StreamingData
-from .._data.memory import CountData
+from .._data.counts import CountData, StreamingData
 from .._utils import distributed as ddp
 from .blocks import ChunkSource, streaming_sources
 from .minibatch import MinibatchSource, Source

@@ -8,72 +8,28 @@ CSR matrix (sparse input stays sparse; dense input is converted once), missing e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .checks import (
+    _check_cells,
+    _check_unique_genes,
+    _check_values,
+    _dense_position,
+    _sparse_position,
+    align_genes,
+    obs_codes,
+)
+from .counts import CountData
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["CountData", "align_genes", "prepare_counts"]
+__all__ = ["prepare_counts"]
 
 _CHUNK_ROWS = 4096
-# The largest integer float32 holds exactly (counts are float32 tensors in training).
-_MAX_COUNT = 2**24
-
-
-@dataclass
-class CountData:
-    """Counts and per-cell covariates of one AnnData, ready for minibatching.
-
-    Attributes
-    ----------
-    counts
-        ``(cells, genes)`` CSR float32 counts; missing entries are stored as 0.
-    missing
-        ``(cells, genes)`` CSR bool, True where an entry is missing; ``None`` if none are.
-    library
-        Observed library size per cell (sum over observed entries).
-    batch_index
-        Integer batch code per cell (all 0 without a batch covariate).
-    labels
-        Integer label code per cell, -1 where unlabelled; ``None`` without ``labels_key``.
-    """
-
-    counts: sp.csr_matrix
-    missing: sp.csr_matrix | None
-    library: np.ndarray
-    batch_index: np.ndarray
-    gene_names: list[str]
-    cell_names: list[str]
-    batch_categories: list[str] = field(default_factory=list)
-    labels: np.ndarray | None = None
-    label_categories: list[str] = field(default_factory=list)
-    #: Copies of the counts on training devices (see ``_batches.resident_counts``).
-    device_copies: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def n_cells(self) -> int:
-        return self.counts.shape[0]
-
-    @property
-    def n_genes(self) -> int:
-        return self.counts.shape[1]
-
-    #: The counts are in memory (a :class:`~scvae._data.backed.StreamingData` reads a file).
-    backed = False
-
-    def close(self) -> None:
-        """Nothing to release: the counts are in memory."""
-
-    @property
-    def gene_totals(self) -> np.ndarray:
-        """Counts of each gene summed over cells."""
-        return np.asarray(self.counts.sum(axis=0), dtype=np.float64).ravel()
 
 
 def prepare_counts(
@@ -122,10 +78,10 @@ def prepare_counts(
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     _check_cells(library, missing, adata.obs_names, len(genes), where)
 
-    batch_index, batch_cats = _codes(adata, batch_key, batch_categories, "batch_key")
+    batch_index, batch_cats = obs_codes(adata.obs, batch_key, batch_categories, "batch_key")
     labels, label_cats = (None, [])
     if labels_key is not None:
-        labels, label_cats = _codes(adata, labels_key, None, "labels_key", allow_nan=True)
+        labels, label_cats = obs_codes(adata.obs, labels_key, None, "labels_key", allow_nan=True)
 
     return CountData(
         counts=counts,
@@ -138,14 +94,6 @@ def prepare_counts(
         labels=labels,
         label_categories=label_cats,
     )
-
-
-def missing_genes(data: CountData) -> list[str]:
-    """Genes with every entry missing: nothing can be learnt about them."""
-    if data.missing is None:
-        return []
-    n_missing = np.asarray(data.missing.sum(axis=0)).ravel()
-    return [data.gene_names[i] for i in np.flatnonzero(n_missing == data.n_cells)]
 
 
 def _apply_mask_layer(
@@ -182,24 +130,6 @@ def _apply_mask_layer(
     return counts, missing
 
 
-def align_genes(var_names: pd.Index, gene_names: list[str]) -> np.ndarray:
-    """Column positions of ``gene_names`` in ``var_names``; error naming any absent gene."""
-    _check_unique_genes(pd.Index(var_names))
-    position = pd.Index(var_names).get_indexer(gene_names)
-    absent = [g for g, p in zip(gene_names, position, strict=True) if p < 0]
-    if absent:
-        shown = ", ".join(map(repr, absent[:10])) + (" ..." if len(absent) > 10 else "")
-        raise ValueError(
-            f"{len(absent)} of the model's {len(gene_names)} genes are missing from "
-            f"adata.var_names: {shown}. Subset or reorder is done for you, but every "
-            "gene the model was trained on must be present."
-        )
-    extra = len(var_names) - len(gene_names)
-    if extra > 0:
-        logger.info("ignoring %d genes that the model was not trained on", extra)
-    return position
-
-
 def _check_adata(adata: AnnData) -> None:
     if not isinstance(adata, AnnData):
         raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
@@ -219,15 +149,6 @@ def _check_adata(adata: AnnData) -> None:
             "adata.obs_names are not unique (e.g. %r): results are by position, but cell "
             "names in messages may be ambiguous; adata.obs_names_make_unique() fixes that",
             adata.obs_names[adata.obs_names.duplicated()][0],
-        )
-
-
-def _check_unique_genes(var_names: pd.Index) -> None:
-    if not var_names.is_unique:
-        duplicated = list(dict.fromkeys(var_names[var_names.duplicated()]))
-        raise ValueError(
-            f"adata.var_names are not unique (e.g. {duplicated[:5]}): genes are matched by "
-            "name; call adata.var_names_make_unique()"
         )
 
 
@@ -299,101 +220,3 @@ def _to_csr_counts(matrix, where: str, cells, genes) -> tuple[sp.csr_matrix, sp.
         where,
     )
     return counts, missing
-
-
-def _sparse_position(counts: sp.csr_matrix, flat: int) -> tuple[int, int]:
-    row = int(np.searchsorted(counts.indptr, flat, side="right") - 1)
-    return row, int(counts.indices[flat])
-
-
-def _dense_position(flat: int, *, start: int, n_genes: int) -> tuple[int, int]:
-    row, col = divmod(flat, n_genes)
-    return start + row, col
-
-
-def _check_values(
-    values: np.ndarray, where: str, cells, genes, locate: Callable[[int], tuple[int, int]]
-) -> None:
-    """Raise on inf, negative or non-integer ``values``; ``locate`` maps a flat position
-    to (cell, gene) for the message. NaN is allowed: it marks a missing entry."""
-    problems = (
-        (np.isinf(values), "infinite values", "remove or fix them"),
-        (values < 0, "negative values", "scvae models raw counts"),
-        (
-            ~np.isnan(values) & (values != np.round(values)),
-            "non-integer values",
-            "scvae models raw counts (not normalised or log-transformed data): "
-            "pass the raw counts layer, e.g. layer='counts'",
-        ),
-        (
-            values > _MAX_COUNT,
-            "counts above 2**24",
-            "float32 cannot store them exactly; are these raw counts of one gene in one cell?",
-        ),
-    )
-    for bad, what, advice in problems:
-        hits = np.flatnonzero(bad)
-        if hits.size:
-            row, col = locate(int(hits[0]))
-            raise ValueError(
-                f"{where} holds {what} (e.g. {values[hits[0]]:g} at cell "
-                f"{cells[row]!r}, gene {genes[col]!r}); {advice}"
-            )
-
-
-def _check_cells(library, missing, cells, n_genes: int, where: str) -> None:
-    if missing is not None:
-        n_missing = np.asarray(missing.sum(axis=1)).ravel()
-        all_missing = np.flatnonzero(n_missing == n_genes)
-        if all_missing.size:
-            raise ValueError(
-                f"{all_missing.size} cells have every entry missing in {where} (e.g. "
-                f"{cells[all_missing[0]]!r}); remove them before fitting"
-            )
-    empty = np.flatnonzero(library <= 0)
-    if empty.size:
-        names = ", ".join(repr(cells[i]) for i in empty[:5])
-        raise ValueError(
-            f"{empty.size} cells have zero total counts in {where} (e.g. {names}); remove "
-            "them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
-        )
-
-
-def _codes(
-    adata: AnnData,
-    key: str | None,
-    categories: list[str] | None,
-    argument: str,
-    *,
-    allow_nan: bool = False,
-) -> tuple[np.ndarray, list[str]]:
-    """Integer codes of an obs column (-1 for NaN where allowed) and its categories."""
-    if key is None:
-        return np.zeros(adata.n_obs, dtype=np.int64), []
-    if key not in adata.obs.columns:
-        raise KeyError(
-            f"{argument}={key!r} is not a column of adata.obs "
-            f"(available: {list(adata.obs.columns)})"
-        )
-    column = adata.obs[key]
-    is_nan = column.isna().to_numpy()
-    if is_nan.any() and not allow_nan:
-        raise ValueError(f"adata.obs[{key!r}] has {int(is_nan.sum())} missing values")
-    values = column.astype(str).to_numpy()
-    if categories is None:
-        if isinstance(column.dtype, pd.CategoricalDtype):
-            categories = [str(c) for c in column.cat.categories if (values == str(c)).any()]
-            unused = len(column.cat.categories) - len(categories)
-            if unused:
-                logger.info("adata.obs[%r]: ignoring %d unused categories", key, unused)
-        else:
-            categories = sorted(set(values[~is_nan]))
-    codes = pd.Index(categories).get_indexer(values)
-    unknown = (codes < 0) & ~is_nan
-    if unknown.any():
-        raise ValueError(
-            f"adata.obs[{key!r}] has categories the model does not know: "
-            f"{sorted(set(values[unknown]))[:10]} (known: {categories})"
-        )
-    codes[is_nan] = -1
-    return codes.astype(np.int64), list(categories)

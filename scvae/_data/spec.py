@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from anndata import AnnData
 
-from .backed import StreamingData, prepare_streaming
-from .memory import CountData, missing_genes, prepare_counts
+from .backed import prepare_streaming
+from .checks import missing_genes
+from .counts import CountData, StreamingData
+from .memory import prepare_counts
 
 __all__ = ["ReadSpec", "read_counts"]
 

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._batches.split import make_sources
 from .._batches.weights import label_head
-from .._data.memory import CountData
+from .._data.counts import CountData
 from .._data.spec import ReadSpec, read_counts
 from .._model.reference import LatentReference, build_reference
 from .._model.scvae import SCVAE

@@ -12,8 +12,7 @@ import pyro
 import torch
 from anndata import AnnData
 
-from .._data.backed import StreamingData
-from .._data.memory import CountData
+from .._data.counts import CountData, StreamingData
 from .._model.scvae import SCVAE
 from .._version import __version__
 

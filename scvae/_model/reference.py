@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from .._batches.split import ordered_source
-from .._data.backed import StreamingData
-from .._data.memory import CountData
+from .._data.counts import CountData, StreamingData
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ from anndata import AnnData
 
 from .._batches.blocks import embed_streaming
 from .._batches.minibatch import MinibatchSource
-from .._data.backed import StreamingData
-from .._data.memory import CountData, align_genes, prepare_counts
+from .._data.checks import align_genes
+from .._data.counts import CountData, StreamingData
+from .._data.memory import prepare_counts
 from .._data.spec import ReadSpec, read_counts
-from .._train.loop import evaluate_elbo
+from .._train.loss import evaluate_elbo
 from .._utils.device import resolve_device, seeded
 from .._vae.module import SCVAEModule, importance_log_likelihood
 from .io import CONFIG, WEIGHTS, read_model_folder, save

@@ -17,7 +17,9 @@ import torch
 from anndata import AnnData
 
 from .._batches.minibatch import MinibatchSource
-from .._data.memory import CountData, align_genes, prepare_counts
+from .._data.checks import align_genes
+from .._data.counts import CountData
+from .._data.memory import prepare_counts
 from .._model.scvae import SCVAE
 from .._utils.device import seeded
 from .._vae.distributions import CountDistribution

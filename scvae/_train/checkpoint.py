@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,33 @@ from .._utils.atomic import write_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpointing", "fit_identity"]
+__all__ = ["Checkpointing", "TrainState", "fit_identity"]
 
 FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainState:
+    """Everything the training loop needs to continue exactly where it was, after ``epoch``
+    completed epochs: what a checkpoint holds (besides the fit's identity)."""
+
+    epoch: int
+    module: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    history: dict[str, list[float]]
+    best_elbo: float
+    best_epoch: int
+    stale: int
+    best_state: dict[str, torch.Tensor] | None
+    random: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: that would deep-copy every tensor.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -34,7 +58,7 @@ class Checkpointing:
     folder: Path
     every: int
     identity: dict[str, Any]
-    resume_state: dict[str, Any] | None = None
+    resume_state: TrainState | None = None
 
     @property
     def path(self) -> Path:
@@ -43,13 +67,13 @@ class Checkpointing:
     def due(self, epochs_done: int) -> bool:
         return epochs_done % self.every == 0
 
-    def write(self, state: dict[str, Any]) -> None:
+    def write(self, state: TrainState) -> None:
         buffer = io.BytesIO()
-        torch.save({"identity": self.identity, **state}, buffer)
+        torch.save({"identity": self.identity, **state.to_dict()}, buffer)
         write_file(self.path, buffer.getvalue())
-        logger.info("checkpoint after epoch %d written to %s", state["epoch"], self.path)
+        logger.info("checkpoint after epoch %d written to %s", state.epoch, self.path)
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self) -> TrainState | None:
         """The saved state of this same fit, ``None`` if there is none; an error if the
         checkpoint belongs to a fit with other data or options."""
         if not self.path.is_file():
@@ -67,7 +91,7 @@ class Checkpointing:
                 "changed), or choose another checkpoint_dir"
             )
         logger.info("resuming from %s after epoch %d", self.path, state["epoch"])
-        return state
+        return TrainState.from_dict(state)
 
 
 def fit_identity(gene_names: list[str], n_cells: int, settings: dict[str, Any]) -> dict[str, Any]:

@@ -62,15 +62,17 @@ def plain_loss(module: SCVAEModule, batch, clock=None) -> torch.Tensor:
     """The training loss of ``_step_loss`` (KL weight 1) in plain torch."""
     tick = clock or (lambda _: None)
     tick(None)
-    loc, scale = module.encode(batch.x, batch.library, batch.batch_index, batch.mask)
+    loc, scale = module.encode(batch.x, batch.library, batch.batch_index, batch.observed)
     tick("encoder")
     q = Normal(loc, scale)
     z = q.rsample()
     kl = kl_divergence(q, Normal(torch.zeros_like(loc), torch.ones_like(scale))).sum()
     tick("sample + KL")
-    counts = module.decode(z, batch.library, batch.batch_index, batch.mask, include_constant=False)
+    counts = module.decode(
+        z, batch.library, batch.batch_index, batch.observed, include_constant=False
+    )
     tick("decoder")
-    log_px = CountRows(counts, batch.mask, batch.nonzeros).log_prob(batch.x)
+    log_px = CountRows(counts, batch.observed, batch.nonzeros).log_prob(batch.x)
     loss = (kl - log_px.sum()) / batch.x.shape[0]
     tick("log-probability")
     return loss

@@ -38,16 +38,17 @@ adata = anndata.read_h5ad(sys.argv[1], backed="r" if sys.argv[2] != "memory" els
 if sys.argv[2] == "stream":
     from scvae._data.backed import prepare_streaming
     from scvae._vae.module import SCVAEModule
-    from scvae._batches.blocks import embed_streaming, streaming_sources
+    from scvae._model.encode import posterior_means
+    from scvae._batches.split import make_sources
 
     data = prepare_streaming(adata)
-    train, val = streaming_sources(
+    train, val, _ = make_sources(
         data, validation_fraction=0.1, early_stopping=True, batch_size=128, seed=0,
         device=torch.device("cpu"),
     )
     n = sum(b.x.shape[0] for b in train) + sum(b.x.shape[0] for b in val)
     assert n > 0.95 * adata.n_obs, n
-    embed_streaming(SCVAEModule(data.n_genes, 0), data)
+    posterior_means(SCVAEModule(data.n_genes, 0), data)
 else:
     scvae.fit(adata, max_epochs=1, early_stopping=False, progress=False)
 print(json.dumps({"increase": status_bytes("VmHWM") - start}))
@@ -129,7 +130,7 @@ def test_backed_embedding_matches_genes_by_name(backed_file, backed_fit, tmp_pat
 def test_stream_visits_each_cell_once_per_epoch_in_shuffled_order(backed_file):
     path, in_memory = backed_file
     data = prepare_streaming(anndata.read_h5ad(path, backed="r"), chunk_rows=50)
-    source = ChunkSource(data, np.arange(data.n_chunks), batch_size=64, shuffle=True)
+    source = ChunkSource(data, np.arange(data.counts.n_chunks), batch_size=64, shuffle=True)
     assert len(source) == 2000 // 64
     epochs = []
     for _ in range(2):

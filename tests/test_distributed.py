@@ -89,7 +89,7 @@ def test_ranks_take_equal_steps_on_disjoint_cells_when_world_does_not_divide_dat
     h5ad_file, monkeypatch, world
 ):
     data = prepare_streaming(anndata.read_h5ad(h5ad_file, backed="r"), chunk_rows=70)
-    chunks = np.arange(data.n_chunks)  # 29 blocks, the last one of 40 rows
+    chunks = np.arange(data.counts.n_chunks)  # 29 blocks, the last one of 40 rows
     # Record the rows of each minibatch instead of building tensors.
     monkeypatch.setattr(ChunkSource, "_minibatch", lambda self, counts, rows: rows.copy())
     seen, steps = [], []

@@ -22,13 +22,13 @@ import scipy.sparse as sp
 import torch
 
 from .._data.checks import check_block
-from .._data.counts import StreamingData
+from .._data.counts import CountData
 from .._utils import distributed as ddp
-from .minibatch import Minibatch, stored_entries
+from .minibatch import Minibatch, csr_minibatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkSource", "embed_streaming", "streaming_sources"]
+__all__ = ["ChunkSource"]
 
 
 class ChunkSource:
@@ -55,13 +55,13 @@ class ChunkSource:
 
     Examples
     --------
-    >>> source = ChunkSource(data, np.arange(data.n_chunks), shuffle=True)  # doctest: +SKIP
+    >>> source = ChunkSource(data, np.arange(data.counts.n_chunks), shuffle=True)  # doctest: +SKIP
     >>> batch = next(iter(source))  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        data: StreamingData,
+        data: CountData,
         chunks: np.ndarray,
         *,
         batch_size: int = 128,
@@ -69,8 +69,10 @@ class ChunkSource:
         buffer_chunks: int = 16,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        check: bool = False,
     ) -> None:
         self.data = data
+        self.check = check
         self.chunks = np.sort(np.asarray(chunks, dtype=np.int64))
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -79,9 +81,9 @@ class ChunkSource:
         self.device = torch.device(device)
         self.rank, self.world = ddp.rank_world()
         self.epoch = 0
-        sizes = np.array([np.subtract(*data.chunk_bounds(c)[::-1]) for c in self.chunks])
+        sizes = np.array([np.subtract(*data.counts.chunk_bounds(c)[::-1]) for c in self.chunks])
         self._n_cells = int(sizes.sum())
-        self.rows = np.concatenate([np.arange(*data.chunk_bounds(c)) for c in self.chunks])
+        self.rows = np.concatenate([np.arange(*data.counts.chunk_bounds(c)) for c in self.chunks])
 
     @property
     def n_cells(self) -> int:
@@ -92,7 +94,7 @@ class ChunkSource:
         if self.shuffle:
             return max(1, self._n_cells // (self.world * self.batch_size))
         mine = self.chunks[self.rank :: self.world]
-        cells = sum(np.subtract(*self.data.chunk_bounds(c)[::-1]) for c in mine)
+        cells = sum(np.subtract(*self.data.counts.chunk_bounds(c)[::-1]) for c in mine)
         return -(-int(cells) // self.batch_size)
 
     def log_factorial_per_cell(self) -> float:
@@ -113,13 +115,23 @@ class ChunkSource:
     def set_random_state(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
 
+    def own_rows(self) -> np.ndarray:
+        """The rows of this process's blocks, in the order an unshuffled pass yields them."""
+        mine = self.chunks[self.rank :: self.world]
+        parts = [np.arange(*self.data.counts.chunk_bounds(c)) for c in mine]
+        return np.concatenate(parts or [np.zeros(0, dtype=np.int64)])
+
     def __iter__(self) -> Iterator[Minibatch]:
         if not self.shuffle:
             for chunk in self.chunks[self.rank :: self.world]:
-                block, rows = self.data.read_chunk(int(chunk))
+                block, rows = self.data.counts.read_chunk(int(chunk))
+                library = self._checked_library(block, rows) if self.check else None
                 for k in range(0, len(rows), self.batch_size):
                     part = slice(k, k + self.batch_size)
-                    yield self._minibatch(block[part], rows[part])
+                    lib = None if library is None else library[part]
+                    yield csr_minibatch(
+                        self.data, block[part], None, rows[part], self.device, library=lib
+                    )
             return
         self.epoch += 1
         shared = np.random.default_rng([self.seed, self.epoch])
@@ -146,7 +158,9 @@ class ChunkSource:
         size = self.batch_size
         while True:
             for start in range(0, len(chunks), self.buffer_chunks):
-                block, rows = self.data.read_chunks(chunks[start : start + self.buffer_chunks])
+                block, rows = self.data.counts.read_chunks(
+                    chunks[start : start + self.buffer_chunks]
+                )
                 # Minibatches gather their rows from the buffer: no shuffled copy of it.
                 order = rng.permutation(len(rows))
                 if len(carry_rows):
@@ -167,76 +181,19 @@ class ChunkSource:
                 del block  # free this buffer before the next one is read
             chunks = rng.permutation(chunks)
 
-    def _minibatch(self, counts: sp.csr_matrix, rows: np.ndarray) -> Minibatch:
-        device = self.device
-        x = torch.from_numpy(counts.toarray()).to(device, non_blocking=True)
-        library = torch.from_numpy(self.data.library[rows]).to(device)
-        batch_index = torch.from_numpy(self.data.batch_index[rows]).to(device)
-        return Minibatch(x, library, batch_index, None, nonzeros=stored_entries(counts, device))
-
-
-def streaming_sources(
-    data: StreamingData,
-    *,
-    validation_fraction: float,
-    early_stopping: bool,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-) -> tuple[ChunkSource, ChunkSource | None]:
-    """Training and validation sources; the validation cells are whole random blocks.
-
-    Held-out blocks rather than scattered cells keep validation reads sequential; with
-    ~200+ blocks per file the held-out blocks still sample the whole file.
-    """
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    n_val = round(data.n_chunks * validation_fraction) if data.n_cells >= 100 else 0
-    if n_val == 0 and early_stopping and validation_fraction > 0:
-        logger.info("too few cells for a validation split: no early stopping")
-    order = np.random.default_rng(seed).permutation(data.n_chunks)
-    train = ChunkSource(
-        data, order[n_val:], batch_size=batch_size, shuffle=True, seed=seed, device=device
-    )
-    val = None
-    if n_val:
-        val = ChunkSource(data, order[:n_val], batch_size=256, device=device)
-    return train, val
-
-
-@torch.no_grad()
-def embed_streaming(module, data: StreamingData, *, batch_size: int = 1024) -> np.ndarray:
-    """Posterior means of z for every cell of a backed file, block by block.
-
-    Library sizes are computed from each block as it is read (no separate pass). Under
-    ``torch.distributed`` each rank encodes its share of the blocks and the parts are summed
-    into the full array on every rank.
-    """
-    module.eval()
-    device = next(module.parameters()).device
-    rank, world = ddp.rank_world()
-    mine = range(rank, data.n_chunks, world)
-    rows = np.concatenate([np.arange(*data.chunk_bounds(c)) for c in mine] or [np.zeros(0, int)])
-    # Filled in place: keeping each minibatch's output tensor alive instead would pin small
-    # blocks all over the heap and keep the freed buffers around them from being returned.
-    local = np.empty((len(rows), module.n_latent), dtype=np.float32)
-    filled = 0
-    for chunk in mine:
-        block, chunk_rows = data.read_chunk(chunk)
-        check_block(block, chunk_rows[0], data.matrix.where, data.cell_names, data.gene_names)
+    def _checked_library(self, block: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+        """Library sizes of a block of counts that no checking pass has read (a file opened
+        to embed its cells): its values are checked and its libraries computed as it is read."""
+        data = self.data
+        check_block(block, rows[0], data.counts.where, data.cell_names, data.gene_names)
         library = np.asarray(block.sum(axis=1), dtype=np.float32).ravel()
         if (library <= 0).any():
-            cell = data.cell_names[chunk_rows[np.flatnonzero(library <= 0)[0]]]
+            cell = data.cell_names[rows[np.flatnonzero(library <= 0)[0]]]
             raise ValueError(
                 f"cell {cell!r} has zero total counts over the model's genes in "
-                f"{data.matrix.where}; remove such cells first"
+                f"{data.counts.where}; remove such cells first"
             )
-        for k in range(0, len(chunk_rows), batch_size):
-            part = slice(k, k + batch_size)
-            x = torch.from_numpy(block[part].toarray()).to(device)
-            lib = torch.from_numpy(library[part]).to(device)
-            b = torch.from_numpy(data.batch_index[chunk_rows[part]]).to(device)
-            z = module.encode(x, lib, b, None)[0]
-            local[filled : filled + len(z)] = z.cpu().numpy()
-            filled += len(z)
-    return ddp.all_gather_rows(local, rows, data.n_cells)
+        return library
+
+    def _minibatch(self, counts: sp.csr_matrix, rows: np.ndarray) -> Minibatch:
+        return csr_minibatch(self.data, counts, None, rows, self.device)

@@ -30,7 +30,14 @@ from .._data.counts import CountData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Minibatch", "MinibatchSource", "ResidentCSR", "Source", "minibatches_per_epoch"]
+__all__ = [
+    "Minibatch",
+    "MinibatchSource",
+    "ResidentCSR",
+    "Source",
+    "csr_minibatch",
+    "minibatches_per_epoch",
+]
 
 # Share of the GPU's free memory the resident counts may take.
 _RESIDENT_SHARE = 0.5
@@ -341,17 +348,44 @@ class MinibatchSource:
     def _minibatch(
         self, counts: sp.csr_matrix, missing: sp.csr_matrix | None, cells: np.ndarray
     ) -> Minibatch:
-        device = self.device
-        x = torch.from_numpy(counts.toarray()).to(device, non_blocking=True)
-        observed = None
-        if missing is not None:
-            observed = ~torch.from_numpy(missing.toarray()).to(device, non_blocking=True)
-        return Minibatch(
-            x,
-            observed=observed,
-            nonzeros=stored_entries(counts, device),
-            **self._covariates_on_device(cells),
+        return csr_minibatch(
+            self.data, counts, missing, cells, self.device, with_labels=self.with_labels
         )
+
+
+def csr_minibatch(
+    data: CountData,
+    counts: sp.csr_matrix,
+    missing: sp.csr_matrix | None,
+    rows: np.ndarray,
+    device: torch.device,
+    *,
+    with_labels: bool = False,
+    library: np.ndarray | None = None,
+) -> Minibatch:
+    """The one CSR -> minibatch builder on the host: the rows ``rows`` of ``data``, whose
+    counts (and missing entries) are the CSR blocks ``counts`` (``missing``), densified and
+    sent to ``device`` with their covariates and the list of their stored entries. Used for
+    rows picked from counts in memory and for rows read from a backed file; on a GPU with
+    resident counts the gather (``ResidentCSR.dense_rows``) builds the same minibatch there.
+    ``library``: the rows' library sizes, where ``data`` holds none yet (a file being embedded).
+    """
+    x = torch.from_numpy(counts.toarray()).to(device, non_blocking=True)
+    observed = None
+    if missing is not None:
+        observed = ~torch.from_numpy(missing.toarray()).to(device, non_blocking=True)
+
+    def move(array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else torch.from_numpy(array[rows]).to(device)
+
+    return Minibatch(
+        x,
+        move(data.library) if library is None else torch.from_numpy(library).to(device),
+        move(data.batch_index),
+        observed,
+        labels=move(data.labels) if with_labels else None,
+        nonzeros=stored_entries(counts, device),
+    )
 
 
 def _gathered(

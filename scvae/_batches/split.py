@@ -15,15 +15,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .._data.counts import CountData, StreamingData
+from .._data.counts import CountData
 from .._utils import distributed as ddp
-from .blocks import ChunkSource, streaming_sources
+from .blocks import ChunkSource
 from .minibatch import MinibatchSource, Source
 from .weights import balance_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Sources", "make_sources", "memory_sources", "ordered_source", "split_cells"]
+__all__ = ["Sources", "make_sources", "memory_sources", "ordered_source", "split_units"]
 
 
 class Sources(NamedTuple):
@@ -36,7 +36,7 @@ class Sources(NamedTuple):
 
 
 def make_sources(
-    data: CountData | StreamingData,
+    data: CountData,
     *,
     validation_fraction: float,
     early_stopping: bool,
@@ -56,14 +56,18 @@ def make_sources(
     """
     device = torch.device(device)
     if data.backed:
-        train, validation = streaming_sources(
-            data,
-            validation_fraction=validation_fraction,
-            early_stopping=early_stopping,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
+        # Held-out blocks rather than scattered cells keep validation reads sequential; with
+        # ~200+ blocks per file the held-out blocks still sample the whole file.
+        rng = np.random.default_rng(seed)
+        train_blocks, val_blocks = split_units(
+            data.counts.n_chunks, validation_fraction, rng, early_stopping, n_cells=data.n_cells
         )
+        train = ChunkSource(
+            data, train_blocks, batch_size=batch_size, shuffle=True, seed=seed, device=device
+        )
+        validation = None
+        if len(val_blocks):
+            validation = ChunkSource(data, val_blocks, batch_size=256, device=device)
         return Sources(train, validation, None)
     return Sources(
         *memory_sources(
@@ -82,13 +86,20 @@ def make_sources(
 
 
 def ordered_source(
-    data: CountData | StreamingData, *, batch_size: int, device: torch.device | str
+    data: CountData, *, batch_size: int, device: torch.device | str, share: bool = False
 ) -> Source:
-    """Every cell of ``data`` once, in order: what the encoders read (the reference's
-    summary of the training cells; every process reads all of them)."""
+    """The cells of ``data`` once each, in order: what the encoders read.
+
+    In memory every process reads every cell. From a backed file every process reads all
+    blocks too (the reference's summary of the training cells is made identically on every
+    rank), or with ``share`` only its own share of them (embedding, whose parts are gathered
+    afterwards), checking each block as it is read.
+    """
     if data.backed:
-        source = ChunkSource(data, np.arange(data.n_chunks), batch_size=batch_size, device=device)
-        source.rank, source.world = 0, 1  # every rank summarises all cells, identically
+        blocks = np.arange(data.counts.n_chunks)
+        source = ChunkSource(data, blocks, batch_size=batch_size, device=device, check=share)
+        if not share:
+            source.rank, source.world = 0, 1
         return source
     return MinibatchSource(data, batch_size=batch_size, device=device)
 
@@ -114,7 +125,7 @@ def memory_sources(
     training cells is drawn with the same total probability."""
     rng = np.random.default_rng(seed)
     if validation_indices is None:
-        train_idx, val_idx = split_cells(data.n_cells, validation_fraction, rng, early_stopping)
+        train_idx, val_idx = split_units(data.n_cells, validation_fraction, rng, early_stopping)
     else:
         val_idx = np.asarray(validation_indices)
         train_idx = np.setdiff1d(np.arange(data.n_cells), val_idx)
@@ -148,13 +159,29 @@ def memory_sources(
     return train_source, val_source, all_train_idx
 
 
-def split_cells(
-    n_cells: int, fraction: float, rng: np.random.Generator, early_stopping: bool
+def split_units(
+    n_units: int,
+    fraction: float,
+    rng: np.random.Generator,
+    early_stopping: bool,
+    *,
+    n_cells: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The one train/validation split rule: ``fraction`` of the units (cells in memory,
+    blocks of rows of a backed file), drawn by ``rng``, are held out, and none when the data
+    hold fewer than 100 cells (``n_cells``, default ``n_units``). Both parts sorted.
+
+    Examples
+    --------
+    >>> train, val = split_units(200, 0.1, np.random.default_rng(0), True)
+    >>> len(train), len(val)
+    (180, 20)
+    """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
-    n_val = round(n_cells * fraction) if n_cells >= 100 else 0
+    n_cells = n_units if n_cells is None else n_cells
+    n_val = round(n_units * fraction) if n_cells >= 100 else 0
     if n_val == 0 and early_stopping and fraction > 0:
         logger.info("fewer than 100 cells: no validation split, no early stopping")
-    order = rng.permutation(n_cells)
+    order = rng.permutation(n_units)
     return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -19,7 +19,7 @@ from anndata import AnnData
 from scipy.special import gammaln
 
 from .checks import _check_cells, align_genes, check_block, obs_codes
-from .counts import BackedMatrix, StreamingData, chunk_rows_for
+from .counts import BackedMatrix, CountData
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def prepare_streaming(
     check: bool = True,
     share: tuple[int, int] = (0, 1),
     reduce: Callable[..., list[np.ndarray]] | None = None,
-) -> StreamingData:
+) -> CountData:
     """Validate a backed ``adata`` in one streaming pass and collect per-cell statistics.
 
     With ``share=(rank, world_size)`` and ``reduce`` (an all-reduce sum of arrays, as
@@ -79,26 +79,25 @@ def prepare_streaming(
         genes = list(gene_names)
     else:
         genes = [str(g) for g in adata.var_names]
-    matrix = BackedMatrix(adata.filename, layer, columns)
+    matrix = BackedMatrix(adata.filename, layer, columns, chunk_rows=chunk_rows)
     if matrix.n_cells != adata.n_obs:
         raise ValueError(f"{matrix.where} has {matrix.n_cells} rows for {adata.n_obs} cells")
-    chunk_rows = chunk_rows_for(adata.n_obs) if chunk_rows is None else int(chunk_rows)
     batch_index, batch_cats = obs_codes(adata.obs, batch_key, batch_categories, "batch_key")
     labels, label_cats = (None, [])
     if labels_key is not None:
         labels, label_cats = obs_codes(adata.obs, labels_key, None, "labels_key", allow_nan=True)
-    data = StreamingData(
-        matrix=matrix,
-        chunk_rows=chunk_rows,
+    data = CountData(
+        counts=matrix,
+        missing=None,
         library=np.zeros(adata.n_obs, dtype=np.float32),
-        log_factorial=np.zeros(adata.n_obs, dtype=np.float32),
-        gene_totals=np.zeros(len(genes), dtype=np.float64),
         batch_index=batch_index,
         gene_names=genes,
         cell_names=[str(c) for c in adata.obs_names],
         batch_categories=batch_cats,
         labels=labels,
         label_categories=label_cats,
+        gene_totals=np.zeros(len(genes), dtype=np.float64),
+        log_factorial=np.zeros(adata.n_obs, dtype=np.float32),
     )
     if check:
         _statistics_pass(data, share, reduce)
@@ -106,7 +105,7 @@ def prepare_streaming(
 
 
 def _statistics_pass(
-    data: StreamingData, share: tuple[int, int], reduce: Callable[..., list[np.ndarray]] | None
+    data: CountData, share: tuple[int, int], reduce: Callable[..., list[np.ndarray]] | None
 ) -> None:
     """Check every value and fill library sizes, log-factorials and gene totals."""
     rank, world = share
@@ -114,16 +113,16 @@ def _statistics_pass(
     library = np.zeros(data.n_cells, dtype=np.float64)
     log_factorial = np.zeros(data.n_cells, dtype=np.float64)
     totals = np.zeros(data.n_genes, dtype=np.float64)
-    for chunk in range(rank, data.n_chunks, world):
-        block, rows = data.read_chunk(chunk)
-        check_block(block, rows[0], data.matrix.where, cells, genes)
+    for chunk in range(rank, data.counts.n_chunks, world):
+        block, rows = data.counts.read_chunk(chunk)
+        check_block(block, rows[0], data.counts.where, cells, genes)
         library[rows] = np.asarray(block.sum(axis=1)).ravel()
         per_entry = sp.csr_matrix((gammaln(block.data + 1.0), block.indices, block.indptr))
         log_factorial[rows] = np.asarray(per_entry.sum(axis=1)).ravel()
         totals += np.asarray(block.sum(axis=0)).ravel()
     if reduce is not None:
         library, log_factorial, totals = reduce(library, log_factorial, totals)
-    _check_cells(library, None, cells, data.n_genes, data.matrix.where)
+    _check_cells(library, None, cells, data.n_genes, data.counts.where)
     data.library = library.astype(np.float32)
     data.log_factorial = log_factorial.astype(np.float32)
     data.gene_totals = totals

@@ -1,5 +1,5 @@
-"""The records of counts read from an AnnData: in memory (:class:`CountData`) or left in the
-file of a backed AnnData (:class:`StreamingData`, read through :class:`BackedMatrix`).
+"""The record of counts read from an AnnData (:class:`CountData`): held in memory, or left in
+the file of a backed AnnData and read in blocks of rows (:class:`BackedMatrix`).
 
 Plain numpy, scipy and h5py: the minibatch stage builds on these records without ever seeing
 an AnnData. The readers that make them are :mod:`scvae._data.memory` and
@@ -15,17 +15,22 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["BackedMatrix", "CountData", "StreamingData", "chunk_rows_for"]
+__all__ = ["BackedMatrix", "CountData", "chunk_rows_for"]
 
 
 @dataclass
 class CountData:
     """Counts and per-cell covariates of one AnnData, ready for minibatching.
 
+    One record for both kinds of AnnData: in memory, :attr:`counts` is a CSR matrix; for a
+    disk-backed AnnData it is a :class:`BackedMatrix` that reads blocks of rows from the file
+    (and the per-cell arrays here take a few bytes per cell).
+
     Attributes
     ----------
     counts
-        ``(cells, genes)`` CSR float32 counts; missing entries are stored as 0.
+        ``(cells, genes)`` float32 counts (missing entries stored as 0): a CSR matrix, or
+        the :class:`BackedMatrix` of a backed file.
     missing
         ``(cells, genes)`` CSR bool, True where an entry is missing; ``None`` if none are.
     library
@@ -34,9 +39,14 @@ class CountData:
         Integer batch code per cell (all 0 without a batch covariate).
     labels
         Integer label code per cell, -1 where unlabelled; ``None`` without ``labels_key``.
+    gene_totals
+        Counts of each gene summed over cells.
+    log_factorial
+        Per cell, sum over genes of ``lgamma(x + 1)``, from a backed file's checking pass
+        (in memory the sources compute it from the stored values); else ``None``.
     """
 
-    counts: sp.csr_matrix
+    counts: sp.csr_matrix | BackedMatrix
     missing: sp.csr_matrix | None
     library: np.ndarray
     batch_index: np.ndarray
@@ -45,6 +55,8 @@ class CountData:
     batch_categories: list[str] = field(default_factory=list)
     labels: np.ndarray | None = None
     label_categories: list[str] = field(default_factory=list)
+    gene_totals: np.ndarray | None = None
+    log_factorial: np.ndarray | None = None
     #: Copies of the counts on training devices (see ``_batches.resident_counts``).
     device_copies: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -56,16 +68,15 @@ class CountData:
     def n_genes(self) -> int:
         return self.counts.shape[1]
 
-    #: The counts are in memory (a :class:`~scvae._data.backed.StreamingData` reads a file).
-    backed = False
+    @property
+    def backed(self) -> bool:
+        """Whether the counts stay in the file of a backed AnnData."""
+        return isinstance(self.counts, BackedMatrix)
 
     def close(self) -> None:
-        """Nothing to release: the counts are in memory."""
-
-    @property
-    def gene_totals(self) -> np.ndarray:
-        """Counts of each gene summed over cells."""
-        return np.asarray(self.counts.sum(axis=0), dtype=np.float64).ravel()
+        """Close the file of backed counts (nothing to do in memory)."""
+        if self.backed:
+            self.counts.close()
 
 
 class BackedMatrix:
@@ -88,7 +99,12 @@ class BackedMatrix:
     """
 
     def __init__(
-        self, path: str | Path, layer: str | None = None, columns: np.ndarray | None = None
+        self,
+        path: str | Path,
+        layer: str | None = None,
+        columns: np.ndarray | None = None,
+        *,
+        chunk_rows: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.key = "X" if layer is None else f"layers/{layer}"
@@ -108,6 +124,9 @@ class BackedMatrix:
                 "adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad('counts.h5ad')"
             )
         self.n_cells, self.n_genes = (int(s) for s in node.attrs["shape"])
+        #: Rows per block: the unit of reading, shuffling and holding out (default
+        #: :func:`chunk_rows_for`).
+        self.chunk_rows = chunk_rows_for(self.n_cells) if chunk_rows is None else int(chunk_rows)
         self._indptr = node["indptr"][:].astype(np.int64)
         self._indices = node["indices"]
         self._data = node["data"]
@@ -150,54 +169,14 @@ class BackedMatrix:
         block.sort_indices()
         return block
 
-    def close(self) -> None:
-        self._file.close()
-
-
-def chunk_rows_for(n_cells: int) -> int:
-    """Rows per read: 1024 for large files; smaller ones get at least ~200 blocks so that the
-    shuffled block order and the validation blocks still mix the cells."""
-    return int(np.clip(n_cells // 200, 32, 1024))
-
-
-@dataclass
-class StreamingData:
-    """What training needs per cell of a backed AnnData, without its counts.
-
-    The counts stay in the file (:attr:`matrix`); the per-cell arrays here take a few bytes
-    per cell. Attributes mirror :class:`~scvae._data.memory.CountData`.
-    """
-
-    matrix: BackedMatrix
-    chunk_rows: int
-    library: np.ndarray
-    log_factorial: np.ndarray
-    gene_totals: np.ndarray
-    batch_index: np.ndarray
-    gene_names: list[str]
-    cell_names: list[str]
-    batch_categories: list[str] = field(default_factory=list)
-    labels: np.ndarray | None = None
-    label_categories: list[str] = field(default_factory=list)
-    missing: None = None
-    #: The counts stay in the file (:class:`~scvae._data.memory.CountData` holds them in memory).
-    backed = True
-
     @property
-    def n_cells(self) -> int:
-        return self.matrix.n_cells
-
-    @property
-    def n_genes(self) -> int:
-        return len(self.gene_names)
+    def shape(self) -> tuple[int, int]:
+        """``(cells, genes)`` as read: the selected columns only."""
+        return self.n_cells, self.n_genes if self.columns is None else len(self.columns)
 
     @property
     def n_chunks(self) -> int:
         return -(-self.n_cells // self.chunk_rows)
-
-    def close(self) -> None:
-        """Close the file."""
-        self.matrix.close()
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         start = chunk * self.chunk_rows
@@ -207,9 +186,18 @@ class StreamingData:
         """Counts of several blocks stacked in the given order, and their row numbers."""
         bounds = [self.chunk_bounds(int(c)) for c in chunks]
         rows = np.concatenate([np.arange(a, b) for a, b in bounds])
-        return self.matrix.row_ranges(bounds), rows
+        return self.row_ranges(bounds), rows
 
     def read_chunk(self, chunk: int) -> tuple[sp.csr_matrix, np.ndarray]:
         """Counts of one block of rows and the row numbers of its cells."""
         start, stop = self.chunk_bounds(chunk)
-        return self.matrix.rows(start, stop), np.arange(start, stop)
+        return self.rows(start, stop), np.arange(start, stop)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def chunk_rows_for(n_cells: int) -> int:
+    """Rows per read: 1024 for large files; smaller ones get at least ~200 blocks so that the
+    shuffled block order and the validation blocks still mix the cells."""
+    return int(np.clip(n_cells // 200, 32, 1024))

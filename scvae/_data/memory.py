@@ -93,6 +93,7 @@ def prepare_counts(
         batch_categories=batch_cats,
         labels=labels,
         label_categories=label_cats,
+        gene_totals=np.asarray(counts.sum(axis=0), dtype=np.float64).ravel(),
     )
 
 

@@ -1,11 +1,10 @@
 """One way in: an AnnData, in memory or backed by its file, read into counts by a ``ReadSpec``.
 
-:func:`read_counts` is the only place that asks which kind of AnnData it was handed. In
-memory, the counts become one checked CSR matrix (:class:`~scvae._data.memory.CountData`);
-backed by a file, one streaming pass checks them and collects what training needs per cell, and the
-counts stay in the file (:class:`~scvae._data.backed.StreamingData`). Both records answer the
-same questions (``n_cells``, ``library``, ``batch_index``, ``labels``, ``gene_totals``,
-``backed``), and everything after reading works from those.
+:func:`read_counts` is the only place that asks which kind of AnnData it was handed. Both
+kinds become one record, :class:`~scvae._data.counts.CountData`: in memory its counts are one
+checked CSR matrix; for a backed file one streaming pass checks them and collects what
+training needs per cell, and the counts stay in the file, read in blocks of rows through a
+:class:`~scvae._data.counts.BackedMatrix`. Everything after reading works from that record.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from anndata import AnnData
 
 from .backed import prepare_streaming
 from .checks import missing_genes
-from .counts import CountData, StreamingData
+from .counts import CountData
 from .memory import prepare_counts
 
 __all__ = ["ReadSpec", "read_counts"]
@@ -51,7 +50,7 @@ def read_counts(
     for_fit: bool = True,
     share: tuple[int, int] = (0, 1),
     reduce: Callable[..., list[np.ndarray]] | None = None,
-) -> CountData | StreamingData:
+) -> CountData:
     """The counts of ``adata`` as ``spec`` says, checked; ``adata`` is not modified.
 
     ``for_fit``: also refuse genes with every entry missing (nothing can be learnt about

@@ -12,7 +12,7 @@ import pyro
 import torch
 from anndata import AnnData
 
-from .._data.counts import CountData, StreamingData
+from .._data.counts import CountData
 from .._model.scvae import SCVAE
 from .._version import __version__
 
@@ -24,7 +24,7 @@ __all__ = ["report_all_zero_genes", "versions", "write_results"]
 FILTER_HINT = " Filter them with sc.pp.filter_genes(adata, min_counts=1)."
 
 
-def report_all_zero_genes(data: CountData | StreamingData) -> list[str]:
+def report_all_zero_genes(data: CountData) -> list[str]:
     """Names of the genes with no counts in any cell of ``data``, with a warning."""
     gene_names = data.gene_names
     # No filtering hint for a backed file: it cannot be filtered in place.
@@ -56,7 +56,7 @@ def versions() -> dict[str, str]:
 def write_results(
     adata: AnnData,
     model: SCVAE,
-    data: CountData | StreamingData,
+    data: CountData,
     zero_genes: list[str],
 ) -> None:
     """Write the embedding of ``data`` and the fit's record under ``model``'s ``key_added``."""

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from .._batches.split import ordered_source
-from .._data.counts import CountData, StreamingData
+from .._data.counts import CountData
+from .encode import encoded
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _key(cell_type: str | None, batch: str | None) -> str:
 @torch.no_grad()
 def build_reference(
     module,
-    data: CountData | StreamingData,
+    data: CountData,
     *,
     labels_key: str | None,
     device: torch.device,
@@ -164,8 +165,7 @@ def build_reference(
     var = np.empty((data.n_cells, module.n_latent))
     log_library = np.empty(data.n_cells)
     filled = 0
-    for b in source:
-        z_loc, scale = module.encode(b.x, b.library, b.batch_index, b.observed)
+    for b, z_loc, scale in encoded(module, source):
         lib = b.library
         if b.observed is not None:
             share = module.decode(z_loc, torch.ones_like(lib), b.batch_index).mean

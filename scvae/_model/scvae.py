@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from .._batches.blocks import embed_streaming
 from .._batches.minibatch import MinibatchSource
 from .._data.checks import align_genes
-from .._data.counts import CountData, StreamingData
+from .._data.counts import CountData
 from .._data.memory import prepare_counts
 from .._data.spec import ReadSpec, read_counts
 from .._train.loss import evaluate_elbo
 from .._utils.device import resolve_device, seeded
 from .._vae.module import SCVAEModule, importance_log_likelihood
+from .encode import posterior_means
 from .io import CONFIG, WEIGHTS, read_model_folder, save
 from .reference import LatentReference
 
@@ -95,7 +95,7 @@ class SCVAE:
         layer: str | type | None = ...,
         mask_layer: str | type | None = ...,
         allow_backed: bool = False,
-    ) -> CountData | StreamingData:
+    ) -> CountData:
         """Read ``adata`` the way the training data was read (genes by name, same batches).
 
         ``...`` (the default) means "as at fit time"; the fit's mask layer is used only if
@@ -159,18 +159,9 @@ class SCVAE:
         finally:
             data.close()
 
-    @torch.no_grad()
-    def embed_data(self, data: CountData | StreamingData, *, batch_size: int = 1024) -> np.ndarray:
+    def embed_data(self, data: CountData, *, batch_size: int = 1024) -> np.ndarray:
         """Posterior means of z for counts already read (in memory or streamed from a file)."""
-        if data.backed:
-            return embed_streaming(self.module, data, batch_size=batch_size)
-        self.module.eval()
-        source = MinibatchSource(data, batch_size=batch_size, device=self.device)
-        parts = [
-            self.module.encode(b.x, b.library, b.batch_index, b.observed)[0].cpu().numpy()
-            for b in source
-        ]
-        return np.concatenate(parts).astype(np.float32)
+        return posterior_means(self.module, data, batch_size=batch_size)
 
     @torch.no_grad()
     def predict_labels(

@@ -16,10 +16,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from .._batches.minibatch import MinibatchSource
+from .._batches.minibatch import Minibatch, MinibatchSource
 from .._data.checks import align_genes
 from .._data.counts import CountData
 from .._data.memory import prepare_counts
+from .._model.encode import encoded
 from .._model.scvae import SCVAE
 from .._utils.device import seeded
 from .._vae.distributions import CountDistribution
@@ -171,8 +172,8 @@ def denoise(
     data = model.prepare(adata, layer=layer)
     module, parts = model.module.eval(), []
     with torch.no_grad():
-        for b in MinibatchSource(data, batch_size=batch_size, device=model.device):
-            z, _ = module.encode(b.x, b.library, b.batch_index, b.observed)
+        source = MinibatchSource(data, batch_size=batch_size, device=model.device)
+        for b, z, _ in encoded(module, source):
             ones = torch.full_like(b.library, float(library_size))
             parts.append(module.decode(z, ones, b.batch_index).mean.cpu().numpy())
     adata.layers[f"{key_added}_denoised"] = np.concatenate(parts).astype(np.float32)
@@ -191,18 +192,22 @@ def predictive_draws(
     module = model.module.eval()
     source = MinibatchSource(data, batch_size=batch_size, device=model.device)
     with torch.no_grad(), seeded(seed, model.device):
-        for start, b in zip(range(0, data.n_cells, batch_size), source, strict=True):
-            if b.observed is None:
+        batches = encoded(module, source, only=_has_missing)
+        for start, (b, loc, scale) in zip(
+            range(0, data.n_cells, batch_size), batches, strict=True
+        ):
+            if loc is None:
                 continue
             rows, cols = (~b.observed).nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
-            loc, scale = module.encode(b.x, b.library, b.batch_index, b.observed)
             draws = []
             for _ in range(n_samples):
                 z = loc + scale * torch.randn_like(loc)
                 draws.append(module.decode(z, b.library, b.batch_index, b.observed).at(rows, cols))
             yield rows + start, cols, draws
+
+
+def _has_missing(batch: Minibatch) -> bool:
+    return batch.observed is not None and not bool(batch.observed.all())
 
 
 def predictive_log_likelihood(

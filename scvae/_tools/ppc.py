@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from .._batches.minibatch import MinibatchSource
+from .._model.encode import encoded
 from .._utils.device import seeded
 from ..metrics import two_sample_auc
 from .generate import generate
@@ -209,8 +210,8 @@ def _redraw(model: SCVAE, data, seed: int) -> sp.csr_matrix:
     module = model.module.eval()
     parts = []
     with seeded(seed, model.device):
-        for b in MinibatchSource(data, batch_size=1024, device=model.device):
-            loc, scale = module.encode(b.x, b.library, b.batch_index, b.observed)
+        source = MinibatchSource(data, batch_size=1024, device=model.device)
+        for b, loc, scale in encoded(module, source):
             z = loc + scale * torch.randn_like(loc)
             # The library of a cell with missing entries is that of its observed genes.
             counts = module.decode(z, b.library, b.batch_index, b.observed).sample()

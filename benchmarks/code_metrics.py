@@ -18,7 +18,8 @@ Given ``--root PATH`` (a folder holding the ``scvae/`` package), prints one JSON
   relative imports are resolved against the file's package; ``from pkg import name`` points
   to the module ``pkg.name`` when such a file exists, else to ``pkg``; ``import a.b`` points to
   ``a.b`` (the longest prefix that is a module). Each component lists its edges with the file,
-  line and import text. ``function_local_imports`` counts the imports of scvae modules nested
+  line and import text; ``runtime_cycles`` are the components left once the imports under
+  ``if TYPE_CHECKING:`` (never run) are dropped. ``function_local_imports`` counts the imports of scvae modules nested
   inside a ``def`` (``type_checking_imports`` those under ``if TYPE_CHECKING:``).
 - ``files_entered_by_fit``: a subprocess with ``PYTHONPATH=<root>`` (checked:
   ``scvae.__file__`` lies under root) runs ``scvae.fit(a, max_epochs=1, progress=False)`` on
@@ -350,6 +351,7 @@ def import_cycles(root: Path, files: list[Path], trees: dict[Path, ast.Module]) 
     -------
     dict
         ``cycles`` (each: ``modules`` and the ``edges`` inside the component),
+        ``runtime_cycles`` (the components left without the ``TYPE_CHECKING`` imports),
         ``function_local_imports``, ``type_checking_imports`` and ``n_edges``.
     """
     names = {path: module_name(root, path) for path in files}
@@ -371,9 +373,14 @@ def import_cycles(root: Path, files: list[Path], trees: dict[Path, ast.Module]) 
             if edge["target"] in members
         ]
         cycles.append({"modules": component, "edges": inside})
+    runtime = {
+        module: {e["target"] for e in found if not e["type_checking"]}
+        for module, found in edges.items()
+    }
     every = [edge for found in edges.values() for edge in found]
     return {
         "cycles": cycles,
+        "runtime_cycles": [c for c in strongly_connected(runtime) if len(c) > 1],
         "function_local_imports": sum(edge["local"] for edge in every),
         "type_checking_imports": sum(edge["type_checking"] for edge in every),
         "n_edges": sum(len(targets) for targets in graph.values()),
@@ -562,6 +569,7 @@ def markdown(results: dict[str, dict]) -> str:
         "largest function (lines)": lambda m: function(m["largest_function"], "lines"),
         "most parameters": lambda m: function(m["most_parameters"], "parameters"),
         "import cycles (SCCs > 1)": lambda m: str(len(m["import_cycles"]["cycles"])),
+        "runtime import cycles": lambda m: str(len(m["import_cycles"]["runtime_cycles"])),
         "modules in cycles": lambda m: str(
             sum(len(c["modules"]) for c in m["import_cycles"]["cycles"])
         ),

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ._cli import add_commands, run_command
+from ._demo import format_table, run_demo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +28,6 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
-        from ._demo import format_table, run_demo
-
         scores = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         sys.stdout.write(format_table(scores) + f"\n\nwritten to {args.out}/\n")
         return 0

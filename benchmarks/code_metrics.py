@@ -19,8 +19,9 @@ Given ``--root PATH`` (a folder holding the ``scvae/`` package), prints one JSON
   to the module ``pkg.name`` when such a file exists, else to ``pkg``; ``import a.b`` points to
   ``a.b`` (the longest prefix that is a module). Each component lists its edges with the file,
   line and import text; ``runtime_cycles`` are the components left once the imports under
-  ``if TYPE_CHECKING:`` (never run) are dropped. ``function_local_imports`` counts the imports of scvae modules nested
-  inside a ``def`` (``type_checking_imports`` those under ``if TYPE_CHECKING:``).
+  ``if TYPE_CHECKING:`` (never run) are dropped. ``function_local_imports`` counts the
+  imports of scvae modules nested inside a ``def`` (``type_checking_imports`` those under
+  ``if TYPE_CHECKING:``).
 - ``files_entered_by_fit``: a subprocess with ``PYTHONPATH=<root>`` (checked:
   ``scvae.__file__`` lies under root) runs ``scvae.fit(a, max_epochs=1, progress=False)`` on
   ``a = scvae.datasets.simulate(200, 30, n_groups=2, seed=0)`` under ``sys.setprofile``. It

@@ -252,7 +252,7 @@ class MinibatchSource:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         if placement is None:
             # On the CPU, scipy slices and densifies a minibatch faster than the gather of the
-            # other two ways (measured: 0.15 vs 0.5 ms at 128 cells x 2000 genes).
+            # other two ways (docs/speed.md, measured building blocks).
             placement = "resident" if self.device.type == "cuda" else "host"
         self.resident = resident_counts(data, self.device) if placement == "resident" else None
         if placement == "resident" and self.resident is None:
@@ -314,7 +314,7 @@ class MinibatchSource:
             yield from self._chunked_batches(order)
             return
         # Each minibatch picks its rows from the CSR matrix (cheaper than permuting the whole
-        # matrix each epoch: 1.7 against 4.1 ms per epoch of pbmc4k at 128 cells per step).
+        # matrix each epoch; docs/speed.md, measured building blocks).
         counts, missing = self.data.counts, self.data.missing
         for k in range(len(self)):
             cells = order[k * self.batch_size : (k + 1) * self.batch_size]

@@ -15,7 +15,7 @@ import json
 import logging
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +23,9 @@ import torch
 from .._utils.atomic import interrupted_saves, write_folder
 from .._version import __version__
 
-if TYPE_CHECKING:
-    from .scvae import SCVAE
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_model_path", "read_model_folder", "save"]
+__all__ = ["check_model_path", "read_model_folder", "write_model_folder"]
 
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
@@ -52,32 +49,28 @@ _MODULE_TYPES = {
 }
 
 
-def save(model: SCVAE, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``model`` to the folder ``path``; see :meth:`SCVAE.save`.
+def write_model_folder(
+    path: str | Path,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write the weights ``state`` and the ``config`` (the model's description, to which the
+    format, the version and the weights' SHA-256 are added) to the folder ``path``.
 
     The new folder is written beside ``path`` and renamed into place; with ``overwrite=True``
     an existing model folder is swapped out in one step. A folder holding anything but an
     scvae model is never replaced.
     """
     path = check_model_path(path, overwrite=overwrite)
-    module = model.module
     buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buffer)
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
     weights = buffer.getvalue()
     config = {
         "format": FORMAT,
         "scvae_version": __version__,
-        "module": module.config,
-        "gene_names": model.gene_names,
-        "batch_categories": model.batch_categories,
-        "label_categories": model.label_categories,
-        "layer": model.layer,
-        "batch_key": model.batch_key,
-        "labels_key": model.labels_key,
-        "mask_layer": model.mask_layer,
-        "settings": model.settings,
-        "history": model.history,
-        "reference": None if model.reference is None else model.reference.to_dict(),
+        **config,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
     text = json.dumps(config, indent=1, default=_json_default, allow_nan=True)

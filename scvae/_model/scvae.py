@@ -19,7 +19,7 @@ from .._train.loss import evaluate_elbo
 from .._utils.device import resolve_device, seeded
 from .._vae.module import SCVAEModule, importance_log_likelihood
 from .encode import posterior_means
-from .io import CONFIG, WEIGHTS, read_model_folder, save
+from .io import CONFIG, WEIGHTS, read_model_folder, write_model_folder
 from .reference import LatentReference
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,20 @@ class SCVAE:
         >>> model.save("pbmc_model")  # doctest: +SKIP
         >>> model = scvae.load("pbmc_model")  # doctest: +SKIP
         """
-        return save(self, path, overwrite=overwrite)
+        config = {
+            "module": self.module.config,
+            "gene_names": self.gene_names,
+            "batch_categories": self.batch_categories,
+            "label_categories": self.label_categories,
+            "layer": self.layer,
+            "batch_key": self.batch_key,
+            "labels_key": self.labels_key,
+            "mask_layer": self.mask_layer,
+            "settings": self.settings,
+            "history": self.history,
+            "reference": None if self.reference is None else self.reference.to_dict(),
+        }
+        return write_model_folder(path, self.module.state_dict(), config, overwrite=overwrite)
 
 
 def load(

@@ -4,8 +4,8 @@ Each training step allocates and frees the same large temporaries (a 512-cell mi
 2000 genes is 4 MB per tensor, dozens per step). glibc's ``malloc`` hands freed memory at
 the top of its heap back to the system once it exceeds a threshold, and serves large
 requests with fresh ``mmap`` pages; either way the next step touches new pages, and every
-page is a fault the kernel must zero-fill: measured on 2 CPU cores, 370 / 3600 / 9300
-faults per step at 128 / 512 / 2048 cells, about 10 % of the step at 512-2048 cells.
+page is a fault the kernel must zero-fill, thousands per step at large batches
+(``docs/speed.md``, measured building blocks).
 
 :func:`steady_heap` raises both thresholds for the duration of training, so that freed
 blocks are reused by the next step, then sets them to the values glibc's own adaptive

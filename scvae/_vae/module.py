@@ -45,8 +45,7 @@ DISPERSIONS = ("gene", "gene-batch")
 class _Dropout(nn.Module):
     """``nn.Dropout`` with a cheaper mask: 16 random bits per entry, four from each 64-bit
     draw, so that the drop rate is ``p`` rounded to 1/65536. ``nn.Dropout`` draws a Bernoulli
-    variable per entry: forward and backward at 512 x 128 took 0.59 against 0.31 ms on 2 CPU
-    cores."""
+    variable per entry, about twice the time (``docs/speed.md``, measured building blocks)."""
 
     def __init__(self, p: float) -> None:
         super().__init__()

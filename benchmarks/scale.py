@@ -51,7 +51,7 @@ def child(
 
     import scvae
     from scvae._batches.blocks import ChunkSource
-    from scvae._batches.minibatch import MinibatchSource
+    from scvae._batches.rows import MinibatchSource
     from scvae._utils import distributed as ddp
 
     torch.set_num_threads(threads)

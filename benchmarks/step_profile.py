@@ -31,7 +31,7 @@ import torch
 from _common import prepare, report, scvi_epoch_timer
 from torch.distributions import Normal, kl_divergence
 
-from scvae._batches.minibatch import MinibatchSource
+from scvae._batches.rows import MinibatchSource
 from scvae._data.memory import prepare_counts
 from scvae._train.heap import steady_heap
 from scvae._train.loop import _step_loss, adam

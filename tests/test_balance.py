@@ -61,7 +61,7 @@ def test_single_class_cannot_be_balanced():
 
 
 def test_balanced_sampling_draws_rare_cells_more_often(small_adata):
-    from scvae._batches.minibatch import MinibatchSource
+    from scvae._batches.rows import MinibatchSource
     from scvae._data.memory import prepare_counts
 
     data = prepare_counts(small_adata)

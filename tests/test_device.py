@@ -10,8 +10,8 @@ import scipy.sparse as sp
 import torch
 
 import scvae
-import scvae._batches.minibatch
-from scvae._batches.minibatch import MinibatchSource, ResidentCSR
+import scvae._batches.rows
+from scvae._batches.rows import MinibatchSource, ResidentCSR
 from scvae._data.memory import prepare_counts
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -112,7 +112,7 @@ def test_gpu_minibatches_are_resident_and_equal_cpu_minibatches(monkeypatch):
     chunks = source("cuda", "chunks")
     chunks.chunk_batches = 2
     _assert_same_minibatches(source("cpu"), chunks)
-    monkeypatch.setattr(scvae._batches.minibatch, "_RESIDENT_SHARE", 0.0)  # nothing fits
+    monkeypatch.setattr(scvae._batches.rows, "_RESIDENT_SHARE", 0.0)  # nothing fits
     data = _counts_with_holes()  # a fresh copy: the device copy is made once per data
     too_large = source("cuda")
     assert too_large.placement == "chunks" and too_large.resident is None

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from scvae._batches.minibatch import MinibatchSource
+from scvae._batches.rows import MinibatchSource
 from scvae._data.memory import prepare_counts
 
 from .fingerprint import changed, fingerprint

@@ -1,7 +1,7 @@
 """Minibatches streamed from a backed file: shuffled block order, shuffling inside a buffer.
 
 :class:`ChunkSource` yields the same :class:`~scvae._batches.minibatch.Minibatch` objects as
-the in-memory :class:`~scvae._batches.minibatch.MinibatchSource`, so the training loop does not
+the in-memory :class:`~scvae._batches.rows.MinibatchSource`, so the training loop does not
 know where the counts come from. Each epoch visits the source's blocks of consecutive rows in a
 new random order; ``buffer_chunks`` blocks at a time are read (each block is one sequential
 read), their cells shuffled together and cut into minibatches. Memory holds one buffer,

@@ -1,7 +1,7 @@
 """Which cells train and which validate, per process: the minibatch sources of a fit.
 
 :func:`make_sources` is the one place that picks the kind of source for the data: random
-rows of counts in memory (:class:`~scvae._batches.minibatch.MinibatchSource`) or shuffled
+rows of counts in memory (:class:`~scvae._batches.rows.MinibatchSource`) or shuffled
 blocks of a backed file (:class:`~scvae._batches.blocks.ChunkSource`). The training loop and
 the reference builder see only the :class:`~scvae._batches.minibatch.Source` protocol both
 follow.
@@ -18,7 +18,8 @@ import torch
 from .._data.counts import CountData
 from .._utils import distributed as ddp
 from .blocks import ChunkSource
-from .minibatch import MinibatchSource, Source
+from .minibatch import Source
+from .rows import MinibatchSource
 from .weights import balance_weights
 
 logger = logging.getLogger(__name__)

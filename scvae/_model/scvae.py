@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from .._batches.minibatch import MinibatchSource
+from .._batches.rows import MinibatchSource
 from .._data.checks import align_genes
 from .._data.counts import CountData
 from .._data.memory import prepare_counts

@@ -16,7 +16,8 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from .._batches.minibatch import Minibatch, MinibatchSource
+from .._batches.minibatch import Minibatch
+from .._batches.rows import MinibatchSource
 from .._data.checks import align_genes
 from .._data.counts import CountData
 from .._data.memory import prepare_counts

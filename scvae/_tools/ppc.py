@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from .._batches.minibatch import MinibatchSource
+from .._batches.rows import MinibatchSource
 from .._model.encode import encoded
 from .._utils.device import seeded
 from ..metrics import two_sample_auc

@@ -141,15 +141,17 @@ def fit(
         options; ``max_epochs`` may be larger). On CPU the result equals, bit for bit, a fit
         that was never stopped.
 
+    Returns
+    -------
+    The fitted :class:`~scvae.SCVAE`.
+
+    Notes
+    -----
     A ``KeyboardInterrupt`` (stopping a notebook cell) ends training early: the parameters
     of the best or last complete epoch are kept, results are written as usual, a warning is
     issued and ``model.history["interrupted_at_epoch"]`` records it. A NaN or infinite loss
     raises :class:`~scvae._train.NonFiniteLossError` (its ``model`` attribute holds the model
     at its last finite state) and writes nothing.
-
-    Returns
-    -------
-    The fitted :class:`~scvae.SCVAE`.
 
     Examples
     --------

@@ -81,6 +81,7 @@ class SCVAE:
 
     @property
     def device(self) -> torch.device:
+        """The device that holds the model's parameters."""
         return next(self.module.parameters()).device
 
     def prepare(
@@ -127,7 +128,7 @@ class SCVAE:
         ----------
         adata
             Cells to embed, raw counts in the layer the model was fitted on. A disk-backed
-        AnnData is read from its file block by block, in bounded memory.
+            AnnData is read from its file block by block, in bounded memory.
         layer
             Override the layer recorded at fit time (``None`` reads ``X``).
         batch_size
@@ -174,8 +175,9 @@ class SCVAE:
 
         Returns
         -------
-        A ``pandas.Series`` of predicted types (categorical, indexed by cell), or with
-        ``probabilities=True`` a ``DataFrame`` of cells x types.
+        pandas.Series or pandas.DataFrame
+            A ``pandas.Series`` of predicted types (categorical, indexed by cell), or with
+            ``probabilities=True`` a ``DataFrame`` of cells x types.
 
         Examples
         --------

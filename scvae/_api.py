@@ -150,7 +150,7 @@ def fit(
     A ``KeyboardInterrupt`` (stopping a notebook cell) ends training early: the parameters
     of the best or last complete epoch are kept, results are written as usual, a warning is
     issued and ``model.history["interrupted_at_epoch"]`` records it. A NaN or infinite loss
-    raises :class:`~scvae._train.NonFiniteLossError` (its ``model`` attribute holds the model
+    raises :class:`.NonFiniteLossError` (its ``model`` attribute holds the model
     at its last finite state) and writes nothing.
 
     Examples

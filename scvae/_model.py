@@ -151,7 +151,7 @@ class SCVAE:
 
     @torch.no_grad()
     def embed_data(self, data: CountData, *, batch_size: int = 1024) -> np.ndarray:
-        """Posterior means for prepared :class:`~scvae._data.CountData`."""
+        """Posterior means of z for data returned by :meth:`prepare` (see :meth:`embed`)."""
         self.module.eval()
         source = MinibatchSource(data, batch_size=batch_size, device=self.device)
         parts = [

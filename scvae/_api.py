@@ -114,13 +114,12 @@ def fit(
         Default: about 8 million cell visits, within [20, 400] epochs.
     batch_size
         Cells per training step (per process under ``torchrun``). 128 gives the best final
-        held-out ELBO; 512 gets close in 0.7-0.8x the time on the CPU (docs/speed.md);
-        larger batches suit a GPU.
+        held-out ELBO; 512 gets close in less time on the CPU; larger batches suit a GPU
+        (measurements: docs/speed.md, "Large batches").
     lr
-        Adam's learning rate. Default (:func:`default_lr`): 1e-3 up to 128 cells per step,
-        then in proportion to the cells per step (all processes' under ``torchrun``) up to
-        1.6e-2 at 2048. On pbmc4k it brought the held-out ELBO after 100 epochs from -630
-        to -615 at 512 cells per step and from -712 to -633 at 2048 (-613 at 128).
+        Adam's learning rate. Default: 1e-3 up to 128 cells per step, then in proportion to
+        the cells per step (all processes' under ``torchrun``) up to 1.6e-2 at 2048; what it
+        gains on held-out ELBO is measured in docs/speed.md, "Large batches".
     early_stopping, validation_fraction, patience
         Hold out this fraction of cells (data with at least 100 cells) and stop after
         ``patience`` epochs without a better held-out ELBO, keeping the best parameters.

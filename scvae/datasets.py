@@ -67,8 +67,9 @@ def simulate(
 
     Returns
     -------
-    AnnData with sparse float32 counts in ``X`` (also in ``layers["counts"]``), ``obs`` columns
-    ``cell_type``, ``batch`` and ``true_library``.
+    AnnData
+        Sparse float32 counts in ``X`` (also in ``layers["counts"]``), ``obs`` columns
+        ``cell_type``, ``batch`` and ``true_library``.
 
     Examples
     --------

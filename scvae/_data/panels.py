@@ -37,8 +37,10 @@ def concat_panels(
 
     Returns
     -------
-    A new AnnData (cells of all datasets, union of genes in first-seen order) with the
-    counts in ``X``, ``obs[batch_key]`` and ``var["measured_in"]`` (comma-separated batches).
+    AnnData
+        A new AnnData (cells of all datasets, union of genes in first-seen order) with the
+        counts in ``X``, ``obs[batch_key]`` and ``var["measured_in"]`` (comma-separated
+        batches).
 
     Examples
     --------

@@ -108,13 +108,12 @@ def fit(
         Default: about 8 million cell visits, within [20, 400] epochs.
     batch_size
         Cells per training step (per process under ``torchrun``). 128 gives the best final
-        held-out ELBO; 512 gets close in 0.7-0.8x the time on the CPU (docs/speed.md);
-        larger batches suit a GPU.
+        held-out ELBO; 512 gets close in less time on the CPU; larger batches suit a GPU
+        (measurements: docs/speed.md, "Large batches").
     lr
-        Adam's learning rate. Default (:func:`default_lr`): 1e-3 up to 128 cells per step,
-        then in proportion to the cells per step (all processes' under ``torchrun``) up to
-        1.6e-2 at 2048. On pbmc4k it brought the held-out ELBO after 100 epochs from -630
-        to -615 at 512 cells per step and from -712 to -633 at 2048 (-613 at 128).
+        Adam's learning rate. Default: 1e-3 up to 128 cells per step, then in proportion to
+        the cells per step (all processes' under ``torchrun``) up to 1.6e-2 at 2048; what it
+        gains on held-out ELBO is measured in docs/speed.md, "Large batches".
     early_stopping, validation_fraction, patience
         Hold out this fraction of cells (data with at least 100 cells) and stop after
         ``patience`` epochs without a better held-out ELBO, keeping the best parameters.
@@ -135,15 +134,17 @@ def fit(
         options; ``max_epochs`` may be larger). On CPU the result equals, bit for bit, a fit
         that was never stopped.
 
-    A ``KeyboardInterrupt`` (stopping a notebook cell) ends training early: the parameters
-    of the best or last complete epoch are kept, results are written as usual, a warning is
-    issued and ``model.history["interrupted_at_epoch"]`` records it. A NaN or infinite loss
-    raises :class:`~scvae.NonFiniteLossError` (its ``model`` attribute holds the model
-    at its last finite state) and writes nothing.
-
     Returns
     -------
     The fitted :class:`~scvae.SCVAE`.
+
+    Notes
+    -----
+    A ``KeyboardInterrupt`` (stopping a notebook cell) ends training early: the parameters
+    of the best or last complete epoch are kept, results are written as usual, a warning is
+    issued and ``model.history["interrupted_at_epoch"]`` records it. A NaN or infinite loss
+    raises :class:`.NonFiniteLossError` (its ``model`` attribute holds the model
+    at its last finite state) and writes nothing.
 
     Examples
     --------

@@ -86,6 +86,7 @@ class SCVAE:
 
     @property
     def device(self) -> torch.device:
+        """The device that holds the model's parameters."""
         return next(self.module.parameters()).device
 
     def prepare(
@@ -138,7 +139,7 @@ class SCVAE:
         ----------
         adata
             Cells to embed, raw counts in the layer the model was fitted on. A disk-backed
-        AnnData is read from its file block by block, in bounded memory.
+            AnnData is read from its file block by block, in bounded memory.
         layer
             Override the layer recorded at fit time (``None`` reads ``X``).
         batch_size
@@ -160,7 +161,7 @@ class SCVAE:
             data.close()
 
     def embed_data(self, data: CountData, *, batch_size: int = 1024) -> np.ndarray:
-        """Posterior means of z for counts already read (in memory or streamed from a file)."""
+        """Posterior means of z for data returned by :meth:`prepare` (see :meth:`embed`)."""
         return posterior_means(self.module, data, batch_size=batch_size)
 
     @torch.no_grad()
@@ -178,8 +179,9 @@ class SCVAE:
 
         Returns
         -------
-        A ``pandas.Series`` of predicted types (categorical, indexed by cell), or with
-        ``probabilities=True`` a ``DataFrame`` of cells x types.
+        pandas.Series or pandas.DataFrame
+            A ``pandas.Series`` of predicted types (categorical, indexed by cell), or with
+            ``probabilities=True`` a ``DataFrame`` of cells x types.
 
         Examples
         --------

@@ -73,12 +73,13 @@ def generate(
 
     Returns
     -------
-    AnnData with raw counts in ``X`` (CSR, float32), the model's genes as ``var_names`` and
-    ``obs`` columns named like the training data's: the fit's ``batch_key`` (if the model
-    has batches), its ``labels_key`` (or the one given with ``adata``) and
-    ``library_size`` (the drawn library size; the total of a generated cell differs from it
-    by sampling noise). ``uns["scvae_generate"]`` records
-    the arguments. Embed generated cells with ``model.embed(synth, layer=None)``.
+    AnnData
+        Raw counts in ``X`` (CSR, float32), the model's genes as ``var_names`` and
+        ``obs`` columns named like the training data's: the fit's ``batch_key`` (if the model
+        has batches), its ``labels_key`` (or the one given with ``adata``) and
+        ``library_size`` (the drawn library size; the total of a generated cell differs from
+        it by sampling noise). ``uns["scvae_generate"]`` records
+        the arguments. Embed generated cells with ``model.embed(synth, layer=None)``.
 
     Examples
     --------

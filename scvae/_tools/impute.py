@@ -61,7 +61,8 @@ def impute(
     median, or a baseline's guess), observed entries copied bitwise. With ``interval``, also
     ``layers[f"{key_added}_lower"]`` and ``layers[f"{key_added}_upper"]``: an integer range
     holding about ``interval`` of the posterior predictive draws (z from the encoder, then
-    counts) at missing entries (see :func:`count_interval`); at observed entries both equal
+    counts) at missing entries (the equal-tailed interval, or one a count shorter at an end,
+    whichever holds closest to ``interval`` of the draws); at observed entries both equal
     the observed value. The layers have the
     format of the input (sparse stays sparse) and adata's genes; missing entries of genes the
     model does not know stay NaN. A call without ``interval`` removes interval layers of an

@@ -6,12 +6,13 @@ import argparse
 import logging
 import sys
 
-from ._cli import add_commands, run_command
+from ._cli import Interrupted, add_commands, run_command
 from ._demo import format_table, run_demo
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scvae", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -27,11 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "demo":
-        scores = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
-        sys.stdout.write(format_table(scores) + f"\n\nwritten to {args.out}/\n")
-        return 0
-    return run_command(args)
+    try:
+        if args.command == "demo":
+            scores = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+            sys.stdout.write(format_table(scores) + f"\n\nwritten to {args.out}/\n")
+            return 0
+        return run_command(args)
+    except (KeyboardInterrupt, Interrupted) as stop:
+        if args.debug:
+            raise
+        said = str(stop) or "interrupted before the results were written; nothing was written"
+        sys.stderr.write(f"scvae {args.command}: {said}\n")
+        return 130
+    except Exception as error:  # one line a user reads; --debug shows where it came from
+        if args.debug:
+            raise
+        sys.stderr.write(f"scvae {args.command}: error: {error}\n(--debug shows the traceback)\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import anndata
+import h5py
 import numpy as np
 import torch.distributed as dist
 from anndata import AnnData
@@ -25,7 +27,7 @@ from ._utils import distributed as ddp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_commands", "run_command"]
+__all__ = ["Interrupted", "add_commands", "run_command"]
 
 
 def add_commands(commands) -> None:
@@ -65,6 +67,9 @@ def add_commands(commands) -> None:
     embed.add_argument("--layer", default=None, help="layer with the raw counts")
     embed.add_argument("--device", default="auto")
     embed.add_argument("--in-memory", action="store_true", help="load the file instead")
+    embed.add_argument(
+        "--overwrite", action="store_true", help="replace an embedding scvae wrote at --out"
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -84,8 +89,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _read(path: Path, in_memory: bool):
+    """The input h5ad, backed (read-only) unless ``in_memory``; a clear error for a path that
+    is not an h5ad file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise FileNotFoundError(f"{path} not found" + (" (a folder)" if path.is_dir() else ""))
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not an h5ad file (no HDF5 signature): scvae reads .h5ad")
     return anndata.read_h5ad(path, backed=None if in_memory else "r")
 
 
@@ -93,7 +102,9 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
     out: Path = args.out
     # Before any training: a bad --out fails in the first second, not after the fit.
     check_model_path(out, overwrite=args.overwrite, flag="--overwrite")
-    _check_output(args.embedding, args.file)
+    _check_output(args.embedding, args.file, overwrite=args.overwrite)
+    if args.embedding is not None and args.embedding.resolve() == out.resolve():
+        raise ValueError("--embedding and --out are the same path: give each its own")
     adata = _read(args.file, args.in_memory)
     device = ddp.local_device() if distributed else args.device
     model = fit(
@@ -109,6 +120,13 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
         device=device,
         progress=not args.no_progress,
     )
+    interrupted = model.history.get("interrupted_at_epoch")
+    if interrupted:
+        # A stopped job writes nothing: the user asked for a finished model, not a partial one.
+        kept = f"{out} is unchanged" if out.exists() else f"{out} was not written"
+        raise Interrupted(
+            f"interrupted during epoch {int(interrupted[0])}: nothing was written ({kept})"
+        )
     # Every rank has finished training (a rank that failed never gets here, and the others
     # fail in their next collective): only now does rank 0 write.
     ddp.barrier()
@@ -122,7 +140,7 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
 
 
 def _embed(args: argparse.Namespace, distributed: bool) -> None:
-    _check_output(args.out, args.file)
+    _check_output(args.out, args.file, overwrite=args.overwrite)
     device = ddp.local_device() if distributed else args.device
     model = load(args.model, device=device)
     adata = _read(args.file, args.in_memory)
@@ -132,11 +150,18 @@ def _embed(args: argparse.Namespace, distributed: bool) -> None:
     ddp.barrier()
 
 
-def _check_output(out: Path | None, source: Path) -> None:
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C (or SIGINT) before it wrote its results."""
+
+
+def _check_output(out: Path | None, source: Path, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, an embedding path that would destroy something: the input
+    file, a folder, or an existing file that is not an embedding scvae wrote (and even that
+    only with ``--overwrite``)."""
     if out is None:
         return
     if out.suffix not in (".npy", ".h5ad"):
-        raise ValueError(f"--out {out}: write a .npy array or a new .h5ad file")
+        raise ValueError(f"{out}: write a .npy array or a new .h5ad file")
     if out.exists() and out.resolve() == source.resolve():
         raise ValueError(
             f"{out} is the input file, opened read-only to stream its counts: write the "
@@ -144,12 +169,46 @@ def _check_output(out: Path | None, source: Path) -> None:
             "join it with obs_names; or load the input with anndata.read_h5ad (in memory), "
             "set adata.obsm['X_scvae'] and write it again"
         )
+    if out.is_dir():
+        raise FileExistsError(f"{out} is a folder: choose a file name for the embedding")
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists: choose another path or pass --overwrite")
+        if not _is_scvae_embedding(out):
+            raise FileExistsError(
+                f"{out} is not an embedding written by scvae: --overwrite replaces only "
+                "those; choose another path"
+            )
+    if not out.parent.exists():
+        raise FileNotFoundError(f"the folder of {out} does not exist: create it first")
+
+
+def _is_scvae_embedding(path: Path) -> bool:
+    """Whether ``path`` holds what :func:`_write_embedding` writes: a 2-d float32 .npy array,
+    or an .h5ad with no counts and only ``obsm['X_scvae']``."""
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only
+            return array.ndim == 2 and array.dtype == np.float32
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as handle:
+            obsm = handle.get("obsm")
+            return "X" not in handle and obsm is not None and list(obsm) == ["X_scvae"]
+    except (OSError, ValueError):
+        return False
 
 
 def _write_embedding(out: Path, adata, z: np.ndarray) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, z)
-    else:
-        AnnData(obs=adata.obs.copy(), obsm={"X_scvae": z}).write_h5ad(out)
+    """Write the embedding beside ``out`` and rename it into place: a crash never leaves a
+    half-written file, and an old embedding stays whole until the new one replaces it."""
+    tmp = out.with_name(f".{out.name}.writing-{os.getpid()}{out.suffix}")
+    try:
+        if out.suffix == ".npy":
+            np.save(tmp, z)
+        else:
+            AnnData(obs=adata.obs.copy(), obsm={"X_scvae": z}).write_h5ad(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     logger.info("embedding of %d cells written to %s", z.shape[0], out)

@@ -215,7 +215,7 @@ def test_cli_fit_then_embed_a_file(backed_file, tmp_path):
     assert (model_dir / "weights.pt").is_file()
     assert not list(tmp_path.glob(".model.tmp-*"))
     with pytest.raises(FileExistsError, match="--overwrite"):
-        main(args)
+        main(["--debug", *args])
     assert main(["embed", str(path), "--model", str(model_dir), "--out", str(out)]) == 0
     written = anndata.read_h5ad(out)
     assert written.obsm["X_scvae"].shape == (2000, 10)
@@ -224,7 +224,7 @@ def test_cli_fit_then_embed_a_file(backed_file, tmp_path):
         written.obsm["X_scvae"], scvae.load(model_dir).embed(in_memory), atol=1e-5
     )
     with pytest.raises(ValueError, match=r"input file, opened read-only.*new file"):
-        main(["embed", str(path), "--model", str(model_dir), "--out", str(path)])
+        main(["--debug", "embed", str(path), "--model", str(model_dir), "--out", str(path)])
 
 
 def test_model_fitted_on_backed_file_generates_cells_of_a_type(backed_file):

@@ -1268,6 +1268,188 @@ def _(env):
         env.model.predict_labels(env.adata())
 
 
+# -- second reliability pass (issue 21): options, views, gene names ------------------------------
+for _row, _option, _message, _error in [
+    (
+        "F58",
+        {"classification_weight": -5.0},
+        "classification_weight must be a non-negative",
+        ValueError,
+    ),
+    ("F59", {"early_stopping": "no"}, "early_stopping must be True or False", TypeError),
+    ("F60", {"max_epochs": 2.5}, "max_epochs must be an integer, got float 2.5", TypeError),
+    ("F61", {"seed": "1"}, "seed must be an integer, got '1'", TypeError),
+]:
+    case(_row)(_bad_option(_option, _message, _error))
+
+
+def backed(env: Env) -> ad.AnnData:
+    path = env.tmp / "backed.h5ad"
+    if not path.exists():
+        env.adata().write_h5ad(path)
+    return ad.read_h5ad(path, backed="r")
+
+
+@case("F62")
+def _(env):
+    view = backed(env)[:100]
+    with pytest.raises(ValueError, match=r"a view of the backed file .*to_memory\(\)"):
+        fit(view)
+
+
+@case("F63")
+def _(env):
+    full = backed(env)
+    with pytest.raises(ValueError, match=r"a view of the backed file .*write_h5ad"):
+        fit(full[:, full.var_names[:10]])
+
+
+@case("E15")
+def _(env):
+    a = env.adata()
+    a.var.index = pd.Index(np.arange(a.n_vars))  # integer-like gene names
+    model = fit(a, batch_key="batch")
+    assert model.gene_names[:2] == ["0", "1"]
+    np.testing.assert_array_equal(model.embed(a), a.obsm["X_scvae"])
+
+
+@case("E16")
+def _(env):
+    with pytest.raises(ValueError, match=r"a view of the backed file"):
+        env.model.embed(backed(env)[:50])
+
+
+@case("I16")
+def _(env):
+    a = with_holes(env)
+    before = fingerprint(a)
+    with pytest.raises(ValueError, match=r"adata is a view .*impute writes layers.*\.copy\(\)"):
+        scvae.impute(a[:60], env.model)
+    assert not changed(before, fingerprint(a))
+
+
+@case("I17")
+def _(env):
+    a = env.adata()
+    with pytest.raises(ValueError, match=r"adata is a view .*denoise writes layers"):
+        scvae.denoise(a[:50], env.model)
+    assert "scvae_denoised" not in a.layers
+
+
+# -- the command line -----------------------------------------------------------------------------
+def cli(*args: str) -> int:
+    from scvae.__main__ import main
+
+    return main([*args])
+
+
+def counts_file(env: Env) -> Path:
+    path = env.tmp / "small.h5ad"
+    if not path.exists():
+        env.adata().write_h5ad(path)
+    return path
+
+
+def fit_args(env: Env, out: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        str(counts_file(env)),
+        "--out",
+        str(out),
+        "--max-epochs",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+@case("K01")
+def _(env):
+    results = env.tmp / "results"
+    results.mkdir()
+    (results / "analysis.csv").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"not an scvae model folder.*--overwrite replaces"):
+        cli("--debug", *fit_args(env, results, "--overwrite"))
+    assert (results / "analysis.csv").read_text() == "mine"
+
+
+@case("K02")
+def _(env):
+    env.monkeypatch.chdir(env.tmp)
+    (env.tmp / "notes.md").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an scvae model folder"):
+        cli("--debug", *fit_args(env, Path("."), "--overwrite"))
+    assert (env.tmp / "notes.md").read_text() == "mine"
+
+
+@case("K03")
+def _(env):
+    target = env.tmp / "afile.txt"
+    target.write_text("mine")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        cli("--debug", *fit_args(env, target, "--overwrite"))
+    assert target.read_text() == "mine"
+
+
+@case("K04")
+def _(env):
+    notes = env.tmp / "notes.txt"
+    notes.write_text("not counts")
+    with pytest.raises(ValueError, match=r"is not an h5ad file \(no HDF5 signature\)"):
+        cli("--debug", "fit", str(notes), "--out", str(env.tmp / "m"))
+
+
+@case("K05")
+def _(env):
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = cli("fit", str(env.tmp / "absent.h5ad"), "--out", str(env.tmp / "m"))
+    assert status == 1
+    assert err.getvalue().startswith("scvae fit: error:") and "not found" in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
+@case("K06")
+def _(env):
+    from scvae._train import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    env.monkeypatch.setattr(loop, "_step_loss", interrupted)
+    out = env.tmp / "model"
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        assert cli(*fit_args(env, out)) == 130
+    assert not out.exists()
+
+
+@case("K07")
+def _(env):
+    env.saved()
+    mine = env.tmp / "mine.npy"
+    np.save(mine, np.arange(3))
+    embed = ["embed", str(counts_file(env)), "--model", str(env.saved()), "--out", str(mine)]
+    with pytest.raises(FileExistsError, match="exists: choose another path or pass --overwrite"):
+        cli("--debug", *embed)
+    with pytest.raises(FileExistsError, match="not an embedding written by scvae"):
+        cli("--debug", *embed, "--overwrite")
+    np.testing.assert_array_equal(np.load(mine), np.arange(3))
+
+
+@case("K08")
+def _(env):
+    mine = env.tmp / "z.h5ad"
+    env.adata().write_h5ad(mine)  # a full AnnData of the user's, not an scvae embedding
+    out = env.tmp / "model"
+    with pytest.raises(FileExistsError, match="not an embedding written by scvae"):
+        cli("--debug", *fit_args(env, out, "--embedding", str(mine), "--overwrite"))
+    assert not out.exists()  # refused before training
+    assert ad.read_h5ad(mine).n_vars == 30
+
+
 # -- the harness ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("row", sorted(CASES))
 def test_bad_input(row, tiny, tmp_path, caplog, monkeypatch):

@@ -71,6 +71,13 @@ def prepare_streaming(
             "mask_layer is not supported for a disk-backed AnnData: load it with "
             "adata.to_memory(), or encode missing entries as NaN only after loading"
         )
+    if adata.is_view:
+        raise ValueError(
+            f"adata is a view of the backed file {adata.filename} (e.g. backed[:100] or "
+            "backed[:, genes]): scvae streams whole files. Load the subset with "
+            "backed[cells].to_memory(), or write it to a file of its own "
+            "(backed[cells].write_h5ad('subset.h5ad')) and open that backed"
+        )
     if not adata.var_names.is_unique:
         raise ValueError("adata.var_names are not unique: call adata.var_names_make_unique()")
     columns = None

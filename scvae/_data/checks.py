@@ -36,7 +36,8 @@ def missing_genes(data: CountData) -> list[str]:
 def align_genes(var_names: pd.Index, gene_names: list[str]) -> np.ndarray:
     """Column positions of ``gene_names`` in ``var_names``; error naming any absent gene."""
     _check_unique_genes(pd.Index(var_names))
-    position = pd.Index(var_names).get_indexer(gene_names)
+    # Names as strings, as a model records them: integer-like var names (0, 1, ...) match too.
+    position = pd.Index([str(g) for g in var_names]).get_indexer(gene_names)
     absent = [g for g, p in zip(gene_names, position, strict=True) if p < 0]
     if absent:
         shown = ", ".join(map(repr, absent[:10])) + (" ..." if len(absent) > 10 else "")

@@ -105,6 +105,7 @@ def impute(
     >>> scvae.impute(adata, model, interval=0.9)  # doctest: +SKIP
     >>> adata.layers["scvae_imputed"][0, :5]  # doctest: +SKIP
     """
+    _check_writable(adata, "impute")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "model" and model is None:
@@ -169,7 +170,8 @@ def denoise(
     with a smoothed value on a common scale: use it for visualisation or gene-gene relations,
     not as data.
     """
-    if list(adata.var_names) != model.gene_names:
+    _check_writable(adata, "denoise")
+    if [str(g) for g in adata.var_names] != model.gene_names:
         raise ValueError("denoise needs adata to have exactly the model's genes, in order")
     data = model.prepare(adata, layer=layer)
     module, parts = model.module.eval(), []
@@ -180,6 +182,18 @@ def denoise(
             parts.append(module.decode(z, ones, b.batch_index).mean.cpu().numpy())
     adata.layers[f"{key_added}_denoised"] = np.concatenate(parts).astype(np.float32)
     logger.info("added %r (adata.layers)", f"{key_added}_denoised")
+
+
+def _check_writable(adata: AnnData, function: str) -> None:
+    """Refuse a view: the layers would go into a copy anndata makes of it, and a call like
+    ``impute(adata[cells], model)`` would lose them without a word."""
+    if isinstance(adata, AnnData) and adata.is_view:
+        raise ValueError(
+            f"adata is a view (e.g. adata[cells]): {function} writes layers, which anndata "
+            "would put into a copy of the view, and the result would be lost. Make the "
+            f"subset an AnnData of its own first: sub = adata[cells].copy(); "
+            f"scvae.{function}(sub, model)"
+        )
 
 
 def predictive_draws(

@@ -107,9 +107,9 @@ nitpick_ignore_regex = [
 # return value of SCVAE.prepare): not documented, so left unlinked. Only these: a reference to
 # any other private name still fails the build.
 nitpick_ignore = [
-    ("py:class", "scvae._data.CountData"),
-    ("py:class", "scvae._module.SCVAEModule"),
-    ("py:class", "scvae._reference.LatentReference"),
+    ("py:class", "scvae._data.counts.CountData"),
+    ("py:class", "scvae._vae.module.SCVAEModule"),
+    ("py:class", "scvae._model.reference.LatentReference"),
 ]
 
 # -- API reference -------------------------------------------------------------------------------

@@ -32,6 +32,11 @@ ROOT = DOCS.parent
 # draw no inline figures, and the pages would have none (_check_tutorial_figures).
 os.environ.setdefault("SCVAE_QUICK", "1")
 os.environ.pop("MPLBACKEND", None)
+# tqdm.auto warns in every kernel that ipywidgets is missing: noise on each page (the tutorials
+# draw no progress bars). By message: a category from a package cannot be named here.
+os.environ["PYTHONWARNINGS"] = ",".join(
+    filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"])
+)
 os.environ["SCVAE_DATA_DIR"] = str(
     Path(os.environ.get("SCVAE_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
 )

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.special import gammaln
 
-from .checks import _check_cells, align_genes, check_block, obs_codes
+from .checks import _check_cells, align_genes, check_block, covariate_codes
 from .counts import BackedMatrix, CountData
 
 logger = logging.getLogger(__name__)
@@ -89,10 +89,9 @@ def prepare_streaming(
     matrix = BackedMatrix(adata.filename, layer, columns, chunk_rows=chunk_rows)
     if matrix.n_cells != adata.n_obs:
         raise ValueError(f"{matrix.where} has {matrix.n_cells} rows for {adata.n_obs} cells")
-    batch_index, batch_cats = obs_codes(adata.obs, batch_key, batch_categories, "batch_key")
-    labels, label_cats = (None, [])
-    if labels_key is not None:
-        labels, label_cats = obs_codes(adata.obs, labels_key, None, "labels_key", allow_nan=True)
+    batch_index, batch_cats, labels, label_cats = covariate_codes(
+        adata.obs, batch_key, batch_categories, labels_key
+    )
     data = CountData(
         counts=matrix,
         missing=None,

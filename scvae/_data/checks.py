@@ -19,7 +19,13 @@ from .counts import CountData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["align_genes", "check_block", "missing_genes", "obs_codes"]
+__all__ = [
+    "align_genes",
+    "check_block",
+    "covariate_codes",
+    "missing_genes",
+    "obs_codes",
+]
 
 # The largest integer float32 holds exactly (counts are float32 tensors in training).
 _MAX_COUNT = 2**24
@@ -117,6 +123,21 @@ def _check_cells(library, missing, cells, n_genes: int, where: str) -> None:
             f"{empty.size} cells have zero total counts in {where} (e.g. {names}); remove "
             "them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
         )
+
+
+def covariate_codes(
+    obs: pd.DataFrame,
+    batch_key: str | None,
+    batch_categories: list[str] | None,
+    labels_key: str | None,
+) -> tuple[np.ndarray, list[str], np.ndarray | None, list[str]]:
+    """Batch codes and categories, and label codes (``None`` without ``labels_key``; -1 where
+    unlabelled) and categories: what both readers take from ``obs``."""
+    batch_index, batch_cats = obs_codes(obs, batch_key, batch_categories, "batch_key")
+    labels, label_cats = (None, [])
+    if labels_key is not None:
+        labels, label_cats = obs_codes(obs, labels_key, None, "labels_key", allow_nan=True)
+    return batch_index, batch_cats, labels, label_cats
 
 
 def obs_codes(

@@ -21,7 +21,7 @@ from .checks import (
     _dense_position,
     _sparse_position,
     align_genes,
-    obs_codes,
+    covariate_codes,
 )
 from .counts import CountData
 
@@ -78,10 +78,9 @@ def prepare_counts(
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     _check_cells(library, missing, adata.obs_names, len(genes), where)
 
-    batch_index, batch_cats = obs_codes(adata.obs, batch_key, batch_categories, "batch_key")
-    labels, label_cats = (None, [])
-    if labels_key is not None:
-        labels, label_cats = obs_codes(adata.obs, labels_key, None, "labels_key", allow_nan=True)
+    batch_index, batch_cats, labels, label_cats = covariate_codes(
+        adata.obs, batch_key, batch_categories, labels_key
+    )
 
     return CountData(
         counts=counts,

@@ -60,14 +60,7 @@ def read_counts(
     processes of one job each read a share of a backed file (see
     :func:`~scvae._data.backed.prepare_streaming`).
     """
-    options = {
-        "layer": spec.layer,
-        "batch_key": spec.batch_key,
-        "labels_key": spec.labels_key,
-        "mask_layer": spec.mask_layer,
-        "batch_categories": spec.batch_categories,
-        "gene_names": spec.gene_names,
-    }
+    options = vars(spec)  # the fields are the readers' keywords
     if isinstance(adata, AnnData) and adata.isbacked:
         return prepare_streaming(adata, check=for_fit, share=share, reduce=reduce, **options)
     data = prepare_counts(adata, **options)

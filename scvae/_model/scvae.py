@@ -116,7 +116,7 @@ class SCVAE:
         )
         if backed:
             return read_counts(adata, spec, for_fit=False)
-        data = prepare_counts(adata, **{k: v for k, v in vars(spec).items() if k != "labels_key"})
+        data = prepare_counts(adata, **vars(spec))
         if data.missing is not None and not self.module.encode_mask:
             logger.warning(
                 "this model was fitted without missing values: its encoder cannot tell a "

@@ -1,12 +1,12 @@
 """A minibatch of cells as the model reads it, the protocol of the sources that yield them,
 and the one host builder that turns CSR rows into a minibatch.
 
-A :class:`Minibatch` holds the dense counts of its cells, their library sizes, batch codes,
-the ``observed`` mask (True = observed; ``None`` when every entry is) and the positions and
-values of their stored entries (for the NB training objective, ``scvae._vae.objective``).
-Random rows of counts in memory (:class:`~scvae._batches.rows.MinibatchSource`) and shuffled
-blocks of a backed file (:class:`~scvae._batches.blocks.ChunkSource`) are two
-:class:`Source` s of them.
+A :class:`Minibatch` holds the dense counts of its cells, their library sizes, batch codes and
+other covariates, the ``observed`` mask (True = observed; ``None`` when every entry is) and the
+positions and values of their stored entries (for the NB training objective,
+``scvae._vae.objective``). Random rows of counts in memory
+(:class:`~scvae._batches.rows.MinibatchSource`) and shuffled blocks of a backed file
+(:class:`~scvae._batches.blocks.ChunkSource`) are two :class:`Source` s of them.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class Minibatch(NamedTuple):
     labels: torch.Tensor | None = None
     #: ``(rows, cols, values)`` of the stored entries of ``x`` (see ``CountRows``).
     nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    #: ``(cells, width)`` covariates beyond the batch (``CountData.covariates``), or ``None``.
+    covariates: torch.Tensor | None = None
 
 
 class Source(Protocol):
@@ -110,6 +112,7 @@ def csr_minibatch(
         observed,
         labels=move(data.labels) if with_labels else None,
         nonzeros=stored_entries(counts, device),
+        covariates=move(data.covariates),
     )
 
 

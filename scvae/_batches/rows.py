@@ -224,6 +224,7 @@ class MinibatchSource:
         return {
             "library": move(data.library),
             "batch_index": move(data.batch_index),
+            "covariates": move(data.covariates),
             "labels": move(data.labels) if self.with_labels else None,
         }
 

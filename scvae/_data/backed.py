@@ -20,6 +20,7 @@ from scipy.special import gammaln
 
 from .checks import _check_cells, align_genes, check_block, covariate_codes
 from .counts import BackedMatrix, CountData
+from .covariates import CovariateLayout, covariate_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ def prepare_streaming(
     mask_layer: str | None = None,
     batch_categories: list[str] | None = None,
     gene_names: list[str] | None = None,
+    categorical_covariate_keys: tuple[str, ...] = (),
+    continuous_covariate_keys: tuple[str, ...] = (),
+    covariate_layout: CovariateLayout | None = None,
+    absent_genes_missing: bool = False,
     chunk_rows: int | None = None,
     check: bool = True,
     share: tuple[int, int] = (0, 1),
@@ -52,6 +57,10 @@ def prepare_streaming(
         Backed AnnData with raw counts as CSR in ``X`` or ``layers[layer]``. Not modified.
     layer, batch_key, labels_key, batch_categories, gene_names
         As in :func:`~scvae._data.memory.prepare_counts`.
+    categorical_covariate_keys, continuous_covariate_keys, covariate_layout
+        As in :func:`~scvae._data.memory.prepare_counts`.
+    absent_genes_missing
+        Not supported for backed data (an error says what to do).
     mask_layer
         Not supported for backed data (an error says what to do).
     chunk_rows
@@ -70,6 +79,11 @@ def prepare_streaming(
         raise NotImplementedError(
             "mask_layer is not supported for a disk-backed AnnData: load it with "
             "adata.to_memory(), or encode missing entries as NaN only after loading"
+        )
+    if absent_genes_missing:
+        raise NotImplementedError(
+            "mapping a disk-backed query onto a reference is not supported yet: load it "
+            "with adata.to_memory()"
         )
     if adata.is_view:
         raise ValueError(
@@ -92,6 +106,9 @@ def prepare_streaming(
     batch_index, batch_cats, labels, label_cats = covariate_codes(
         adata.obs, batch_key, batch_categories, labels_key
     )
+    covariates, covariate_layout = covariate_matrix(
+        adata.obs, categorical_covariate_keys, continuous_covariate_keys, covariate_layout
+    )
     data = CountData(
         counts=matrix,
         missing=None,
@@ -102,6 +119,8 @@ def prepare_streaming(
         batch_categories=batch_cats,
         labels=labels,
         label_categories=label_cats,
+        covariates=covariates,
+        covariate_layout=covariate_layout,
         gene_totals=np.zeros(len(genes), dtype=np.float64),
         log_factorial=np.zeros(adata.n_obs, dtype=np.float32),
     )

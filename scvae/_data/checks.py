@@ -39,21 +39,32 @@ def missing_genes(data: CountData) -> list[str]:
     return [data.gene_names[i] for i in np.flatnonzero(n_missing == data.n_cells)]
 
 
-def align_genes(var_names: pd.Index, gene_names: list[str]) -> np.ndarray:
-    """Column positions of ``gene_names`` in ``var_names``; error naming any absent gene."""
+def align_genes(
+    var_names: pd.Index, gene_names: list[str], *, allow_absent: bool = False
+) -> np.ndarray:
+    """Column positions of ``gene_names`` in ``var_names``; error naming any absent gene
+    (with ``allow_absent``, -1 for them, unless no gene at all is present)."""
     _check_unique_genes(pd.Index(var_names))
     # Names as strings, as a model records them: integer-like var names (0, 1, ...) match too.
     position = pd.Index([str(g) for g in var_names]).get_indexer(gene_names)
     absent = [g for g, p in zip(gene_names, position, strict=True) if p < 0]
-    if absent:
+    if allow_absent and len(absent) == len(gene_names):
+        raise ValueError(
+            f"none of the model's {len(gene_names)} genes is in adata.var_names (e.g. "
+            f"{list(gene_names[:3])} vs {[str(g) for g in var_names[:3]]}): genes are matched "
+            "by name; use the same gene identifiers (symbols or Ensembl IDs) as the reference"
+        )
+    if absent and not allow_absent:
         shown = ", ".join(map(repr, absent[:10])) + (" ..." if len(absent) > 10 else "")
         raise ValueError(
             f"{len(absent)} of the model's {len(gene_names)} genes are missing from "
             f"adata.var_names: {shown}. Subset or reorder is done for you, but every "
             "gene the model was trained on must be present."
         )
-    extra = len(var_names) - len(gene_names)
-    if extra > 0:
+    extra = len(var_names) - int((position >= 0).sum())
+    if extra > 0 and allow_absent:
+        logger.warning("dropping %d genes of adata that the model does not know", extra)
+    elif extra > 0:
         logger.info("ignoring %d genes that the model was not trained on", extra)
     return position
 

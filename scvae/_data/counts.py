@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import scipy.sparse as sp
+
+if TYPE_CHECKING:  # covariates.py reads obs through checks.py, which needs this module
+    from .covariates import CovariateLayout
 
 __all__ = ["BackedMatrix", "CountData", "chunk_rows_for"]
 
@@ -44,6 +48,10 @@ class CountData:
     log_factorial
         Per cell, sum over genes of ``lgamma(x + 1)``, from a backed file's checking pass
         (in memory the sources compute it from the stored values); else ``None``.
+    covariates, covariate_layout
+        ``(cells, width)`` float32 design matrix of the categorical (one-hot) and continuous
+        (standardised) covariates beyond the batch, and how it was made; ``None`` without
+        them (see :mod:`scvae._data.covariates`).
     """
 
     counts: sp.csr_matrix | BackedMatrix
@@ -57,6 +65,8 @@ class CountData:
     label_categories: list[str] = field(default_factory=list)
     gene_totals: np.ndarray | None = None
     log_factorial: np.ndarray | None = None
+    covariates: np.ndarray | None = None
+    covariate_layout: CovariateLayout | None = None
     #: Copies of the counts on training devices (see ``_batches.resident_counts``).
     device_copies: dict = field(default_factory=dict, repr=False, compare=False)
 

@@ -24,6 +24,7 @@ from .checks import (
     covariate_codes,
 )
 from .counts import CountData
+from .covariates import CovariateLayout, covariate_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ def prepare_counts(
     mask_layer: str | None = None,
     batch_categories: list[str] | None = None,
     gene_names: list[str] | None = None,
+    categorical_covariate_keys: tuple[str, ...] = (),
+    continuous_covariate_keys: tuple[str, ...] = (),
+    covariate_layout: CovariateLayout | None = None,
+    absent_genes_missing: bool = False,
 ) -> CountData:
     """Validate ``adata`` and extract counts, missing-value mask and covariates.
 
@@ -61,25 +66,40 @@ def prepare_counts(
     gene_names
         Genes of a trained model: columns are reordered to them by name, and genes absent
         from ``adata`` raise an error that names them.
+    categorical_covariate_keys, continuous_covariate_keys
+        ``obs`` columns of covariates beyond the batch (see :mod:`scvae._data.covariates`).
+    covariate_layout
+        A trained model's covariates: new data is read into its columns.
+    absent_genes_missing
+        Genes of ``gene_names`` that ``adata`` lacks become missing values (every entry of
+        their columns missing) instead of an error: a query measured on a smaller panel.
     """
     _check_adata(adata)
     matrix = _get_matrix(adata, layer)
     columns = None
+    genes = [str(g) for g in adata.var_names]
     if gene_names is not None:
-        columns = align_genes(adata.var_names, gene_names)
-        matrix = matrix[:, columns]
+        columns = align_genes(adata.var_names, gene_names, allow_absent=absent_genes_missing)
         genes = list(gene_names)
-    else:
-        genes = [str(g) for g in adata.var_names]
+    present = None if columns is None else np.flatnonzero(columns >= 0)
+    if present is not None:
+        matrix = matrix[:, columns[present]]
+    measured = genes if present is None else [genes[i] for i in present]
     where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
-    counts, missing = _to_csr_counts(matrix, where, adata.obs_names, genes)
+    counts, missing = _to_csr_counts(matrix, where, adata.obs_names, measured)
     if mask_layer is not None:
-        counts, missing = _apply_mask_layer(adata, mask_layer, columns, counts, missing)
+        picked = None if columns is None else columns[present]
+        counts, missing = _apply_mask_layer(adata, mask_layer, picked, counts, missing)
+    if present is not None and len(present) < len(genes):
+        counts, missing = _with_absent_genes(counts, missing, present, len(genes))
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     _check_cells(library, missing, adata.obs_names, len(genes), where)
 
     batch_index, batch_cats, labels, label_cats = covariate_codes(
         adata.obs, batch_key, batch_categories, labels_key
+    )
+    covariates, covariate_layout = covariate_matrix(
+        adata.obs, categorical_covariate_keys, continuous_covariate_keys, covariate_layout
     )
 
     return CountData(
@@ -92,8 +112,44 @@ def prepare_counts(
         batch_categories=batch_cats,
         labels=labels,
         label_categories=label_cats,
+        covariates=covariates,
+        covariate_layout=covariate_layout,
         gene_totals=np.asarray(counts.sum(axis=0), dtype=np.float64).ravel(),
     )
+
+
+def _with_absent_genes(
+    counts: sp.csr_matrix, missing: sp.csr_matrix | None, present: np.ndarray, n_genes: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Counts and missing entries of the measured columns ``present`` placed among
+    ``n_genes`` columns; the other (absent) genes missing in every cell."""
+
+    def placed(matrix: sp.csr_matrix) -> sp.csr_matrix:
+        return sp.csr_matrix(
+            (matrix.data, present[matrix.indices], matrix.indptr), shape=(matrix.shape[0], n_genes)
+        )
+
+    n_cells = counts.shape[0]
+    absent = np.setdiff1d(np.arange(n_genes), present)
+    unmeasured = sp.csr_matrix(
+        (
+            np.ones(n_cells * len(absent), dtype=bool),
+            np.tile(absent, n_cells),
+            np.arange(n_cells + 1, dtype=np.int64) * len(absent),
+        ),
+        shape=(n_cells, n_genes),
+    )
+    if missing is not None:
+        unmeasured = (unmeasured + placed(missing)).astype(bool).tocsr()
+        unmeasured.sort_indices()
+    counts = placed(counts)
+    counts.sort_indices()
+    logger.info(
+        "%d of the model's %d genes are not in adata: their entries are missing values",
+        len(absent),
+        n_genes,
+    )
+    return counts, unmeasured
 
 
 def _apply_mask_layer(

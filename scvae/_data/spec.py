@@ -18,6 +18,7 @@ from anndata import AnnData
 from .backed import prepare_streaming
 from .checks import missing_genes
 from .counts import CountData
+from .covariates import CovariateLayout
 from .memory import prepare_counts
 
 __all__ = ["ReadSpec", "read_counts"]
@@ -33,6 +34,12 @@ class ReadSpec:
         As in :func:`scvae.fit`.
     batch_categories, gene_names
         A trained model's batches and genes (``None`` at fit time).
+    categorical_covariate_keys, continuous_covariate_keys
+        As in :func:`scvae.fit`.
+    covariate_layout
+        A trained model's covariates (``None`` at fit time).
+    absent_genes_missing
+        Read the model's genes that ``adata`` lacks as missing values (a query mapping).
     """
 
     layer: str | None = None
@@ -41,6 +48,10 @@ class ReadSpec:
     mask_layer: str | None = None
     batch_categories: list[str] | None = None
     gene_names: list[str] | None = None
+    categorical_covariate_keys: tuple[str, ...] = ()
+    continuous_covariate_keys: tuple[str, ...] = ()
+    covariate_layout: CovariateLayout | None = None
+    absent_genes_missing: bool = False
 
 
 def read_counts(

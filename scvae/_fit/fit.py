@@ -22,6 +22,7 @@ from .._utils import distributed as ddp
 from .._utils.device import seeded
 from .._vae.module import SCVAEModule
 from ..metrics import leiden_clusters
+from .query import query_module, query_settings, read_query
 from .results import report_all_zero_genes, write_results
 from .settings import FitSettings
 
@@ -33,10 +34,13 @@ __all__ = ["fit", "fit_counts"]
 def fit(
     adata: AnnData,
     *,
+    reference: SCVAE | None = None,
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
     mask_layer: str | None = None,
+    categorical_covariate_keys: list[str] | None = None,
+    continuous_covariate_keys: list[str] | None = None,
     balance: str | None = None,
     classification_weight: float = 50.0,
     likelihood: str = "nb",
@@ -74,14 +78,35 @@ def fit(
         entries are missing values: they are left out of the likelihood.
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
+    reference
+        A fitted model to map ``adata`` onto (scArches' query mapping): ``adata`` holds new
+        batches (``obs[batch_key]``, the reference's key by default, with names the
+        reference does not use); the reference's weights are kept as they are and only
+        input weights for the new batches (and their dispersions, for ``"gene-batch"``)
+        are learnt. The architecture, covariates and labels are the reference's: pass only
+        training options (epochs, batch size, learning rate, seed, ...). Genes are matched
+        by name: the reference's genes ``adata`` lacks are missing values for its cells
+        (left out of the likelihood, and imputable with ``scvae.impute(...,
+        genes="model")``); genes the reference does not know are dropped with a warning.
+        The returned model knows the reference's batches and the new ones and embeds both.
+        See :doc:`/mapping`.
     batch_key
-        ``obs`` column of batches; the batch one-hot enters the encoder and decoder.
+        ``obs`` column of batches; the batch one-hot enters every layer of the encoder and
+        of the decoder.
     labels_key
         ``obs`` column of cell-type labels (NaN = unlabelled): the types
         :func:`scvae.generate` knows, and the classes of ``balance="labels"``.
     mask_layer
         Boolean layer, True where an entry was observed; False entries are missing values,
         like NaN entries of the counts.
+    categorical_covariate_keys
+        ``obs`` columns of other categorical covariates (donor, chemistry, ...): like the
+        batch, each one's one-hot enters every layer of the encoder and of the decoder.
+        New cells must use the categories seen in training.
+    continuous_covariate_keys
+        ``obs`` columns of numeric covariates (percent mitochondrial counts, cell-cycle
+        score, ...), standardised with the training cells' mean and standard deviation, and
+        entering every layer of the encoder and decoder beside the one-hots.
     balance
         Keep rare groups from being drowned by common ones (default ``None``: off).
         ``"labels"``: the model also predicts each labelled cell's type from z (a label head
@@ -160,13 +185,39 @@ def fit(
     under ``torchrun``) each process trains on its share with DistributedDataParallel. See
     ``docs/scaling.md``.
     """
-    settings = FitSettings(**{k: v for k, v in locals().items() if k != "adata"})
-    spec = ReadSpec(layer, batch_key, labels_key, mask_layer)
+    options = {k: v for k, v in locals().items() if k not in ("adata", "reference")}
+    if reference is not None:
+        return _fit_query(adata, reference, options)
+    settings = FitSettings(**options)
+    spec = ReadSpec(
+        layer,
+        batch_key,
+        labels_key,
+        mask_layer,
+        categorical_covariate_keys=settings.categorical_covariate_keys or (),
+        continuous_covariate_keys=settings.continuous_covariate_keys or (),
+    )
     data = read_counts(adata, spec, share=ddp.rank_world(), reduce=ddp.all_reduce_sum)
     zero_genes = report_all_zero_genes(data)
     try:
         model = fit_counts(data, settings)
         write_results(adata, model, data, zero_genes)
+    finally:
+        data.close()
+    return model
+
+
+def _fit_query(adata: AnnData, reference: SCVAE, options: dict) -> SCVAE:
+    """``fit(adata, reference=model)``: see :mod:`scvae._fit.query`."""
+    settings = query_settings(reference, options)
+    data = read_query(adata, reference, settings)
+    try:
+        module = query_module(reference, data)
+        model = fit_counts(data, settings, module=module)
+        model.label_categories = list(reference.label_categories)
+        model.labels_key = reference.labels_key
+        model.settings["reference_batches"] = list(reference.batch_categories)
+        write_results(adata, model, data, [])
     finally:
         data.close()
     return model
@@ -178,6 +229,7 @@ def fit_counts(
     *,
     validation_indices: np.ndarray | None = None,
     sample_weights: np.ndarray | None = None,
+    module: SCVAEModule | None = None,
 ) -> SCVAE:
     """Fit on counts already read (:func:`scvae._data.memory.read_counts`): :func:`fit` without
     the AnnData, for benchmarks and for the first fit of ``balance="auto"``.
@@ -186,6 +238,8 @@ def fit_counts(
     ELBO is then recorded every epoch) instead of drawing ``validation_fraction`` of them.
     ``sample_weights`` (one per cell of ``data``): training cells are drawn with probability
     proportional to them (for class balancing, see :mod:`scvae._batches.weights`).
+    ``module``: train this module (its trainable parameters) instead of a new one, as a
+    query mapping does (:mod:`scvae._fit.query`).
     """
     given = FitSettings() if settings is None else settings
     _check_against_data(data, given)
@@ -219,14 +273,16 @@ def fit_counts(
             head = label_head(
                 head_labels[sources.train_cells], names, settings.classification_weight
             )
-        module = SCVAEModule(
-            data.n_genes,
-            len(data.batch_categories),
-            encode_mask=data.missing is not None,
-            library_scale=sources.train.median_library(),
-            **settings.module_options(),
-            **head,
-        ).to(device)
+        if module is None:
+            module = SCVAEModule(
+                data.n_genes,
+                len(data.batch_categories),
+                encode_mask=data.missing is not None,
+                library_scale=sources.train.median_library(),
+                n_covariates=0 if data.covariate_layout is None else data.covariate_layout.width,
+                **settings.module_options(),
+                **head,
+            ).to(device)
         val_source = sources.validation
         logger.info(
             "training on %d cells (%d held out for validation), %d genes, %s, up to %d epochs",
@@ -303,6 +359,7 @@ def _model(
         batch_key=settings.batch_key,
         labels_key=settings.labels_key,
         mask_layer=settings.mask_layer,
+        covariate_layout=data.covariate_layout,
         settings=record,
         history=history,
         reference=reference,

@@ -95,6 +95,8 @@ class FitSettings:
     batch_key: str | None = None
     labels_key: str | None = None
     mask_layer: str | None = None
+    categorical_covariate_keys: list[str] | None = None
+    continuous_covariate_keys: list[str] | None = None
     balance: str | None = None
     classification_weight: float = 50.0
     likelihood: str = "nb"
@@ -122,6 +124,7 @@ class FitSettings:
     def __post_init__(self) -> None:
         for name in ("layer", "batch_key", "labels_key", "mask_layer"):
             _key(name, getattr(self, name))
+        self._check_covariate_keys()
         if not isinstance(self.key_added, str) or not self.key_added:
             raise ValueError(f"key_added must be a non-empty string, got {self.key_added!r}")
         if self.balance not in BALANCE:
@@ -186,6 +189,29 @@ class FitSettings:
             raise ValueError("resume=True needs the checkpoint_dir of the fit to resume")
         resolve_device(self.device)  # an unknown or unavailable device fails here
 
+    def _check_covariate_keys(self) -> None:
+        """Lists of distinct obs columns, none of them the batch or the labels; kept as
+        tuples (the settings are frozen)."""
+        seen: dict[str, str] = {}
+        for name in ("categorical_covariate_keys", "continuous_covariate_keys"):
+            keys = getattr(self, name)
+            if keys is None:
+                continue
+            if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+                raise TypeError(
+                    f"{name} must be a list of obs column names, got {keys!r}"
+                    + (f" (did you mean [{keys!r}]?)" if isinstance(keys, str) else "")
+                )
+            for key in keys:
+                role = {self.batch_key: "batch_key", self.labels_key: "labels_key"}.get(key)
+                if key in seen or role is not None:
+                    raise ValueError(
+                        f"{name}: {key!r} is already given as {seen.get(key, role)}; each "
+                        "obs column can play one part"
+                    )
+                seen[key] = name
+            object.__setattr__(self, name, tuple(keys))
+
     # -- the data-dependent defaults ---------------------------------------------------------
     def resolved(self, n_cells: int, world_size: int = 1) -> FitSettings:
         """These settings with the defaults that depend on the data filled in: ``max_epochs``
@@ -245,6 +271,8 @@ class FitSettings:
         """The settings as the plain dict a model keeps (``model.settings``), in ``fit``'s
         order with ``key_added`` last."""
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "key_added"}
+        for name in ("categorical_covariate_keys", "continuous_covariate_keys"):
+            record[name] = None if record[name] is None else list(record[name])
         record["key_added"] = self.key_added
         return record
 

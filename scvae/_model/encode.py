@@ -33,7 +33,13 @@ def encoded(
         if only is not None and not only(batch):
             yield batch, None, None
             continue
-        loc, scale = module.encode(batch.x, batch.library, batch.batch_index, batch.observed)
+        loc, scale = module.encode(
+            batch.x,
+            batch.library,
+            batch.batch_index,
+            batch.observed,
+            covariates=batch.covariates,
+        )
         yield batch, loc, scale
 
 

@@ -46,6 +46,9 @@ _MODULE_TYPES = {
     "classification_weight": (int, float),
     "class_weights": (list, type(None)),
     "label_names": (list, type(None)),
+    "n_covariates": int,
+    "n_query_batches": int,
+    "query_encoder": bool,
 }
 
 

@@ -168,7 +168,8 @@ def build_reference(
     for b, z_loc, scale in encoded(module, source):
         lib = b.library
         if b.observed is not None:
-            share = module.decode(z_loc, torch.ones_like(lib), b.batch_index).mean
+            ones = torch.ones_like(lib)
+            share = module.decode(z_loc, ones, b.batch_index, covariates=b.covariates).mean
             lib = lib / (share * b.observed).sum(-1).clamp(min=1e-3)
         rows = slice(filled, filled + len(lib))
         loc[rows] = z_loc.cpu().numpy()

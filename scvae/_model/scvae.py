@@ -13,6 +13,7 @@ from anndata import AnnData
 from .._batches.rows import MinibatchSource
 from .._data.checks import align_genes
 from .._data.counts import CountData
+from .._data.covariates import CovariateLayout
 from .._data.memory import prepare_counts
 from .._data.spec import ReadSpec, read_counts
 from .._train.loss import evaluate_elbo
@@ -41,6 +42,10 @@ class SCVAE:
     layer, batch_key, labels_key, mask_layer
         Where the counts, covariates and observation mask were read from; new data is read
         the same way (a mask layer only if ``adata`` has it).
+    covariate_layout
+        The covariates beyond the batch (``categorical_covariate_keys`` and
+        ``continuous_covariate_keys`` of the fit): their keys, categories and scaling;
+        ``None`` without them.
     settings
         The arguments of the fit.
     history
@@ -62,6 +67,7 @@ class SCVAE:
         labels_key: str | None,
         settings: dict[str, Any],
         mask_layer: str | None = None,
+        covariate_layout: CovariateLayout | None = None,
         history: dict[str, list[float]],
         reference: LatentReference | None = None,
     ) -> None:
@@ -73,6 +79,7 @@ class SCVAE:
         self.batch_key = batch_key
         self.labels_key = labels_key
         self.mask_layer = mask_layer
+        self.covariate_layout = covariate_layout
         self.settings = dict(settings)
         self.history = {k: list(v) for k, v in history.items()}
         self.reference = reference
@@ -113,6 +120,9 @@ class SCVAE:
             mask_layer=mask_layer,
             batch_categories=self.batch_categories if self.batch_key else None,
             gene_names=self.gene_names,
+            covariate_layout=self.covariate_layout,
+            # A query mapped from a smaller panel: its encoder reads the panel.
+            absent_genes_missing=self.module.query_encoder is not None,
         )
         if backed:
             return read_counts(adata, spec, for_fit=False)
@@ -171,11 +181,30 @@ class SCVAE:
         *,
         layer: str | type | None = ...,
         probabilities: bool = False,
+        min_probability: float = 0.0,
+        unknown: str = "unknown",
         batch_size: int = 1024,
     ):
         """Cell types predicted by the label head of a ``balance="labels"`` (or ``"auto"``) fit.
 
         The head's ``p(y | z)`` at each cell's posterior mean. ``adata`` is not modified.
+        For label transfer, call it on the model a query mapping returned
+        (``fit(query, reference=model)``): the query's cells are in the reference's latent
+        space, where the head was trained.
+
+        Parameters
+        ----------
+        adata
+            Cells to predict (genes and batches as for :meth:`embed`).
+        probabilities
+            Return ``p(y | z)`` for every type instead of the most probable one.
+        min_probability
+            Cells whose most probable type has a lower probability are called ``unknown``
+            (default 0: never). On a query, 0.5 flags cells the reference's types do not
+            explain well (a type the reference lacks lands between types, where no type is
+            probable); see the mapping guide, ``docs/mapping.md``.
+        unknown
+            The name given to those cells (a category of its own).
 
         Returns
         -------
@@ -187,20 +216,38 @@ class SCVAE:
         --------
         >>> model = scvae.fit(adata, labels_key="cell_type", balance="labels")  # doctest: +SKIP
         >>> adata.obs["predicted"] = model.predict_labels(adata)  # doctest: +SKIP
+        >>> qmodel = scvae.fit(query, reference=model)  # doctest: +SKIP
+        >>> calls = qmodel.predict_labels(query, min_probability=0.5)  # doctest: +SKIP
         """
         import pandas as pd
 
         if self.module.classifier is None:
             raise ValueError("this model has no label head: fit with balance='labels' or 'auto'")
+        if (
+            isinstance(min_probability, bool)
+            or not isinstance(min_probability, int | float | np.integer | np.floating)
+            or not 0.0 <= min_probability <= 1.0
+        ):
+            raise ValueError(
+                f"min_probability must be a number in [0, 1], got {min_probability!r}"
+            )
+        names = list(self.module.label_names)
+        if not isinstance(unknown, str) or unknown in names:
+            raise ValueError(
+                f"unknown={unknown!r} must be a string that is not one of the types {names}"
+            )
         z = torch.as_tensor(
             self.embed(adata, layer=layer, batch_size=batch_size), device=self.device
         )
         p = self.module.label_probabilities(z).cpu().numpy()
-        names = self.module.label_names
         if probabilities:
             return pd.DataFrame(p, index=adata.obs_names, columns=names)
+        predicted = np.asarray(names, dtype=object)[p.argmax(1)]
+        doubtful = p.max(1) < min_probability
+        predicted[doubtful] = unknown
+        categories = names + ([unknown] if min_probability > 0 else [])
         return pd.Series(
-            pd.Categorical(np.asarray(names, dtype=object)[p.argmax(1)], categories=names),
+            pd.Categorical(predicted, categories=categories),
             index=adata.obs_names,
             name="predicted",
         )
@@ -231,7 +278,13 @@ class SCVAE:
         with seeded(seed, self.device):
             parts = [
                 importance_log_likelihood(
-                    self.module, b.x, b.library, b.batch_index, b.observed, n_samples=n_samples
+                    self.module,
+                    b.x,
+                    b.library,
+                    b.batch_index,
+                    b.observed,
+                    covariates=b.covariates,
+                    n_samples=n_samples,
                 ).cpu()
                 for b in source
             ]
@@ -261,6 +314,9 @@ class SCVAE:
             "batch_key": self.batch_key,
             "labels_key": self.labels_key,
             "mask_layer": self.mask_layer,
+            "covariates": None
+            if self.covariate_layout is None
+            else self.covariate_layout.to_dict(),
             "settings": self.settings,
             "history": self.history,
             "reference": None if self.reference is None else self.reference.to_dict(),
@@ -301,6 +357,7 @@ def load(
     if adata is not None:
         align_genes(adata.var_names, config["gene_names"])
     reference = config.get("reference")
+    covariates = config.get("covariates")
     return SCVAE(
         module,
         gene_names=config["gene_names"],
@@ -310,6 +367,7 @@ def load(
         batch_key=config["batch_key"],
         labels_key=config["labels_key"],
         mask_layer=config.get("mask_layer"),
+        covariate_layout=CovariateLayout.from_dict(covariates) if covariates else None,
         settings=config["settings"],
         history=config["history"],
         reference=LatentReference.from_dict(reference) if reference else None,

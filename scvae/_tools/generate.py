@@ -44,7 +44,9 @@ def generate(
     (negative binomial, ZINB or Poisson) given z, the batch and the library size. The
     latent space is batch-corrected, so a type's region comes from its cells in every batch
     and the batch acts through the decoder: ``batch="stim", cell_type="B cells"`` gives
-    stimulated B cells even if few were observed.
+    stimulated B cells even if few were observed. Covariates beyond the batch
+    (``categorical_covariate_keys``, ``continuous_covariate_keys``) are those of a typical
+    training cell: each category weighted by its frequency, each continuous one at its mean.
 
     Parameters
     ----------
@@ -220,6 +222,9 @@ def _sample_counts(
         codes = np.array([reference.batch_categories.index(b) for b in batches])
     else:
         codes = np.zeros(len(z), dtype=np.int64)
+    # Generated cells have the training cells' typical covariates (see CovariateLayout).
+    layout = model.covariate_layout
+    typical = None if layout is None else torch.tensor(layout.typical, device=device)
     parts = []
     with seeded(seed, device):
         starts = range(0, len(z), chunk_size)
@@ -229,6 +234,7 @@ def _sample_counts(
                 torch.as_tensor(z[rows], dtype=torch.float32, device=device),
                 torch.as_tensor(np.exp(log_library[rows]), dtype=torch.float32, device=device),
                 torch.as_tensor(codes[rows], dtype=torch.long, device=device),
+                covariates=None if typical is None else typical.expand(len(z[rows]), -1),
             ).sample()
             parts.append(sp.csr_matrix(counts.cpu().numpy()))
     return sp.vstack(parts, format="csr").astype(np.float32)

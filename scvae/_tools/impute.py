@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
@@ -53,7 +54,8 @@ def impute(
     key_added: str = "scvae",
     seed: int = 0,
     batch_size: int = 256,
-) -> None:
+    genes: str = "adata",
+) -> AnnData | None:
     """Fill the missing entries of the counts; keep every observed value as it is.
 
     Writes ``adata.layers[f"{key_added}_imputed"]``: the counts with each missing entry
@@ -97,6 +99,17 @@ def impute(
         Seed of the draws; the caller's random state is restored.
     batch_size
         Cells per forward pass.
+    genes
+        ``"adata"`` (default): write the layers into ``adata``, over its genes.
+        ``"model"``: return a new AnnData over all of the model's genes (``adata`` is not
+        modified), with the counts of ``adata`` in ``X``, NaN for the model's genes
+        ``adata`` lacks (``var["measured"]`` says which were measured), and the layers
+        above: the genes a query's panel never measured, imputed from the posterior
+        (model only).
+
+    Returns
+    -------
+    ``None``, or with ``genes="model"`` the new AnnData.
 
     Examples
     --------
@@ -104,7 +117,28 @@ def impute(
     >>> model = scvae.fit(adata)  # doctest: +SKIP
     >>> scvae.impute(adata, model, interval=0.9)  # doctest: +SKIP
     >>> adata.layers["scvae_imputed"][0, :5]  # doctest: +SKIP
+    >>> qmodel = scvae.fit(panel_query, reference=model)  # doctest: +SKIP
+    >>> full = scvae.impute(panel_query, qmodel, genes="model")  # doctest: +SKIP
     """
+    if genes not in ("adata", "model"):
+        raise ValueError(f"genes must be 'adata' or 'model', got {genes!r}")
+    if genes == "model":
+        if method != "model" or model is None:
+            raise ValueError("genes='model' needs method='model' and a fitted model")
+        full = _over_model_genes(adata, model, layer, mask_layer)
+        impute(
+            full,
+            model,
+            layer=None,
+            mask_layer=None,
+            interval=interval,
+            point=point,
+            n_samples=n_samples,
+            key_added=key_added,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        return full
     _check_writable(adata, "impute")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -151,6 +185,36 @@ def impute(
     if interval is None:
         for name in ("lower", "upper"):
             adata.layers.pop(f"{key_added}_{name}", None)
+    return None
+
+
+def _over_model_genes(
+    adata: AnnData, model: SCVAE, layer: str | type | None, mask_layer: str | type | None
+) -> AnnData:
+    """A new AnnData of ``adata``'s cells over the model's genes: dense counts, NaN where a
+    gene was not measured or an entry is missing (NaN, or False in the mask layer)."""
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
+    layer = model.layer if layer is ... else layer
+    if mask_layer is ...:
+        mask_layer = model.mask_layer if model.mask_layer in adata.layers else None
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"layer {layer!r} not in adata.layers (available: {list(adata.layers)})")
+    columns = align_genes(adata.var_names, model.gene_names, allow_absent=True)
+    present = np.flatnonzero(columns >= 0)
+    source = adata.X if layer is None else adata.layers[layer]
+    values = source[:, columns[present]]
+    values = values.toarray() if sp.issparse(values) else np.array(values, dtype=np.float32)
+    counts = np.full((adata.n_obs, len(model.gene_names)), np.nan, dtype=np.float32)
+    counts[:, present] = values
+    if mask_layer is not None:
+        observed = adata.layers[mask_layer][:, columns[present]]
+        observed = observed.toarray() if sp.issparse(observed) else np.asarray(observed)
+        counts[:, present] = np.where(observed.astype(bool), values, np.nan)
+    measured = np.zeros(len(model.gene_names), dtype=bool)
+    measured[present] = True
+    var = pd.DataFrame({"measured": measured}, index=pd.Index(model.gene_names))
+    return AnnData(counts, obs=adata.obs.copy(), var=var)
 
 
 def denoise(
@@ -161,6 +225,7 @@ def denoise(
     layer: str | type | None = ...,
     key_added: str = "scvae",
     batch_size: int = 1024,
+    transform_batch: str | None = None,
 ) -> None:
     """The model's normalised expression of every gene in every cell.
 
@@ -168,20 +233,44 @@ def denoise(
     be adata's genes): ``library_size`` times each gene's expected share of expression at the
     posterior mean of z. Unlike :func:`impute`, this replaces *every* entry, observed or not,
     with a smoothed value on a common scale: use it for visualisation or gene-gene relations,
-    not as data.
+    not as data. With ``transform_batch``, every cell's expression is decoded as if it had
+    been measured in that batch of the model (counterfactual expression: the batch effect
+    removed, the cell's latent state kept).
+
+    Examples
+    --------
+    >>> scvae.denoise(adata, model, transform_batch="10x_v3")  # doctest: +SKIP
+    >>> adata.layers["scvae_denoised"]  # doctest: +SKIP
     """
     _check_writable(adata, "denoise")
     if [str(g) for g in adata.var_names] != model.gene_names:
         raise ValueError("denoise needs adata to have exactly the model's genes, in order")
+    code = _batch_code(model, transform_batch)
     data = model.prepare(adata, layer=layer)
     module, parts = model.module.eval(), []
     with torch.no_grad():
         source = MinibatchSource(data, batch_size=batch_size, device=model.device)
         for b, z, _ in encoded(module, source):
             ones = torch.full_like(b.library, float(library_size))
-            parts.append(module.decode(z, ones, b.batch_index).mean.cpu().numpy())
+            batches = b.batch_index if code is None else torch.full_like(b.batch_index, code)
+            mean = module.decode(z, ones, batches, covariates=b.covariates).mean
+            parts.append(mean.cpu().numpy())
     adata.layers[f"{key_added}_denoised"] = np.concatenate(parts).astype(np.float32)
     logger.info("added %r (adata.layers)", f"{key_added}_denoised")
+
+
+def _batch_code(model: SCVAE, batch: str | None) -> int | None:
+    """The code of one of the model's batches (``None``: each cell's own)."""
+    if batch is None:
+        return None
+    if not model.batch_categories:
+        raise ValueError("transform_batch needs a model fitted with batch_key")
+    if str(batch) not in model.batch_categories:
+        raise ValueError(
+            f"transform_batch={batch!r} is not a batch of the model "
+            f"(known: {model.batch_categories[:20]})"
+        )
+    return model.batch_categories.index(str(batch))
 
 
 def _check_writable(adata: AnnData, function: str) -> None:
@@ -218,7 +307,10 @@ def predictive_draws(
             draws = []
             for _ in range(n_samples):
                 z = loc + scale * torch.randn_like(loc)
-                draws.append(module.decode(z, b.library, b.batch_index, b.observed).at(rows, cols))
+                counts = module.decode(
+                    z, b.library, b.batch_index, b.observed, covariates=b.covariates
+                )
+                draws.append(counts.at(rows, cols))
             yield rows + start, cols, draws
 
 

@@ -214,7 +214,9 @@ def _redraw(model: SCVAE, data, seed: int) -> sp.csr_matrix:
         for b, loc, scale in encoded(module, source):
             z = loc + scale * torch.randn_like(loc)
             # The library of a cell with missing entries is that of its observed genes.
-            counts = module.decode(z, b.library, b.batch_index, b.observed).sample()
+            counts = module.decode(
+                z, b.library, b.batch_index, b.observed, covariates=b.covariates
+            ).sample()
             parts.append(sp.csr_matrix(counts.cpu().numpy()))
     return sp.vstack(parts, format="csr")
 

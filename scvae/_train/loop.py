@@ -104,7 +104,8 @@ def train(
     """
     distributed = ddp.is_distributed()
     step_loss = ddp.wrap_for_training(module, _step_loss)
-    optimizer = adam(module.parameters(), lr=lr)
+    # A query mapping trains its new batches only (``SCVAEModule.freeze_reference``).
+    optimizer = adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     constant = train_source.log_factorial_per_cell()
     history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
     stopping = EarlyStopping(patience, kl_warmup_epochs, early_stopping)

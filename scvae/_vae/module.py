@@ -6,7 +6,9 @@ Generative story for one cell with observed library size ``l`` and batch ``b``::
     rho = softmax(decoder(z, b))                      # each gene's share of expression
     x_g ~ NB(mean = l * rho_g, inverse dispersion = theta_g[b])   # or ZINB / Poisson
 
-The guide is ``q(z | x, b) = Normal(encoder(x, b))``. The module keeps every parameter as an
+The guide is ``q(z | x, b) = Normal(encoder(x, b))``. Other covariates ``c`` (one-hot categorical
+and standardised continuous columns) enter beside ``b`` wherever it does: ``decoder(z, b, c)``,
+``encoder(x, b, c)``, every layer. The module keeps every parameter as an
 ordinary ``torch.nn.Parameter`` and never calls ``pyro.param`` or ``pyro.module``: two models in
 one process never share state through Pyro's global parameter store.
 
@@ -64,7 +66,14 @@ class _Dropout(nn.Module):
 
 
 class _MLP(nn.Module):
-    """Linear -> LayerNorm -> ReLU -> Dropout blocks; the batch one-hot enters every block."""
+    """Linear -> LayerNorm -> ReLU -> Dropout blocks; the covariates (batch one-hot and the
+    others) enter every block.
+
+    :meth:`add_query_batches` gives every block extra input weights of its own for batches
+    a query mapping adds (``fit(query, reference=model)``): a separate term added after the
+    block's linear map, zero for the reference's cells, so that they are computed exactly as
+    before, bit for bit.
+    """
 
     def __init__(
         self, n_in: int, n_covariates: int, n_hidden: int, n_layers: int, dropout: float
@@ -82,12 +91,29 @@ class _MLP(nn.Module):
                     _Dropout(dropout) if dropout > 0 else nn.Identity(),
                 )
             )
+        self.query_weights = nn.ParameterList()
 
-    def forward(self, h: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
+    def add_query_batches(self, n_new: int) -> None:
+        """Input weights, zero to start with, for ``n_new`` batches of a query."""
         for layer in self.layers:
+            n_hidden = layer[0].out_features
+            self.query_weights.append(nn.Parameter(torch.zeros(n_hidden, n_new)))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        covariates: torch.Tensor | None,
+        query_batches: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
             if covariates is not None:
                 h = torch.cat([h, covariates], dim=-1)
-            h = layer(h)
+            if query_batches is None:
+                h = layer(h)
+                continue
+            h = layer[0](h) + query_batches @ self.query_weights[i].T
+            for block in list(layer)[1:]:
+                h = block(h)
         return h
 
 
@@ -121,6 +147,19 @@ class SCVAEModule(nn.Module):
         Per-class weights of the label term (default 1); saved with the module.
     label_names
         Names of the head's classes (cell types, or clusters for ``balance="auto"``).
+    n_covariates
+        Width of the covariates beyond the batch (one-hot categorical and standardised
+        continuous columns, ``scvae._data.covariates``); like the batch one-hot they enter
+        every layer of the encoder and of the decoder.
+    n_query_batches
+        Batches added by a query mapping (codes ``max(n_batches, 1)`` and up), with input
+        weights of their own in every layer, a log-scale offset per gene (and inverse
+        dispersions, for ``"gene-batch"``): the only parameters :meth:`freeze_reference`
+        leaves trainable.
+    query_encoder
+        Give the query batches an encoder of their own (a trainable copy of the reference's,
+        :meth:`start_query_encoder`), for a query measured on fewer genes: the reference's
+        encoder never saw their genes missing. The reference's cells keep its encoder.
     """
 
     def __init__(
@@ -140,6 +179,9 @@ class SCVAEModule(nn.Module):
         classification_weight: float = 0.0,
         class_weights: list[float] | None = None,
         label_names: list[str] | None = None,
+        n_covariates: int = 0,
+        n_query_batches: int = 0,
+        query_encoder: bool = False,
     ) -> None:
         super().__init__()
         #: The constructor arguments: enough to rebuild the module (see ``scvae._model.io``).
@@ -158,6 +200,9 @@ class SCVAEModule(nn.Module):
             "classification_weight": float(classification_weight),
             "class_weights": None if class_weights is None else [float(w) for w in class_weights],
             "label_names": None if label_names is None else [str(n) for n in label_names],
+            "n_covariates": int(n_covariates),
+            "n_query_batches": int(n_query_batches),
+            "query_encoder": bool(query_encoder),
         }
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -170,12 +215,17 @@ class SCVAEModule(nn.Module):
         self.dispersion = dispersion
         self.encode_mask = encode_mask
         self.library_scale = float(library_scale)
+        self.n_covariates = int(n_covariates)
+        #: Code of the first batch a query mapping added (the reference's batches come first).
+        self.first_query_batch = max(int(n_batches), 1)
+        self.n_query_batches = int(n_query_batches)
 
         n_in = n_genes * (2 if encode_mask else 1)
-        self.encoder = _MLP(n_in, self.n_batches, n_hidden, n_layers, dropout)
+        width = self.n_batches + self.n_covariates
+        self.encoder = _MLP(n_in, width, n_hidden, n_layers, dropout)
         self.z_loc = nn.Linear(n_hidden, n_latent)
         self.z_scale = nn.Linear(n_hidden, n_latent)
-        self.decoder = _MLP(n_latent, self.n_batches, n_hidden, n_layers, 0.0)
+        self.decoder = _MLP(n_latent, width, n_hidden, n_layers, 0.0)
         self.gene_logits = nn.Linear(n_hidden, n_genes)
         self.zi_logits = nn.Linear(n_hidden, n_genes) if likelihood == "zinb" else None
         if likelihood == "poisson":
@@ -191,12 +241,68 @@ class SCVAEModule(nn.Module):
         if weights.shape != (self.n_labels,):
             raise ValueError(f"class_weights needs {n_labels} entries, got {len(weights)}")
         self.register_buffer("class_weights", weights.to(torch.get_default_dtype()))
+        self.query_log_theta = None
+        self.query_encoder = None
+
+        if query_encoder and not self.n_query_batches:
+            raise ValueError("query_encoder needs n_query_batches > 0")
+        if query_encoder:
+            self.query_encoder = nn.ModuleDict(
+                {
+                    "mlp": _MLP(n_in, width, n_hidden, n_layers, dropout),
+                    "loc": nn.Linear(n_hidden, n_latent),
+                    "scale": nn.Linear(n_hidden, n_latent),
+                }
+            )
+            self.query_encoder["mlp"].add_query_batches(self.n_query_batches)
+        if self.n_query_batches:
+            #: Per new batch and gene, a log-scale offset of expression: the gene-specific
+            #: part of a batch effect, which the hidden layers' new inputs alone express poorly.
+            self.query_gene_offsets = nn.Parameter(torch.zeros(self.n_query_batches, n_genes))
+            self.encoder.add_query_batches(self.n_query_batches)
+            self.decoder.add_query_batches(self.n_query_batches)
+            if self.log_theta is not None and self.log_theta.shape[0] > 1:
+                start = self.log_theta.detach().mean(0, keepdim=True)
+                self.query_log_theta = nn.Parameter(start.repeat(self.n_query_batches, 1))
+
+    def start_query_encoder(self) -> None:
+        """Start the query's encoder from the reference's weights."""
+        self.query_encoder["mlp"].layers.load_state_dict(self.encoder.layers.state_dict())
+        self.query_encoder["loc"].load_state_dict(self.z_loc.state_dict())
+        self.query_encoder["scale"].load_state_dict(self.z_scale.state_dict())
+
+    def freeze_reference(self) -> None:
+        """Leave only the query batches' parameters trainable (a query mapping's fit)."""
+        query = {id(p) for p in self.query_parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in query)
+
+    def query_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the batches a query mapping added."""
+        extra = [] if self.query_log_theta is None else [self.query_log_theta]
+        if self.query_encoder is not None:
+            extra += list(self.query_encoder.parameters())
+        extra.append(self.query_gene_offsets)
+        return [*self.encoder.query_weights, *self.decoder.query_weights, *extra]
 
     # -- networks ---------------------------------------------------------------------------
-    def _covariates(self, batch_index: torch.Tensor) -> torch.Tensor | None:
-        if not self.n_batches:
-            return None
-        return F.one_hot(batch_index, self.n_batches).to(torch.get_default_dtype())
+    def _covariates(
+        self, batch_index: torch.Tensor, covariates: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The reference's covariate inputs (batch one-hot, then the other covariates) and
+        the one-hot of the query's batches (``None`` without a query mapping)."""
+        dtype = torch.get_default_dtype()
+        if not self.n_query_batches:
+            one_hot = F.one_hot(batch_index, self.n_batches).to(dtype) if self.n_batches else None
+            return _joined(one_hot, covariates), None
+        first = self.first_query_batch
+        is_new = (batch_index >= first).unsqueeze(-1)
+        one_hot = None
+        if self.n_batches:
+            one_hot = F.one_hot(batch_index.clamp(max=first - 1), self.n_batches).to(dtype)
+            one_hot = one_hot * ~is_new
+        new = F.one_hot((batch_index - first).clamp(min=0), self.n_query_batches).to(dtype)
+        return _joined(one_hot, covariates), new * is_new
 
     def encode(
         self,
@@ -205,6 +311,7 @@ class SCVAEModule(nn.Module):
         batch_index: torch.Tensor,
         observed: torch.Tensor | None = None,
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        covariates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of ``q(z | x)``.
 
@@ -224,8 +331,26 @@ class SCVAEModule(nn.Module):
         if self.encode_mask:
             known = torch.ones_like(x) if observed is None else observed.to(x.dtype)
             h = torch.cat([h * known, known], dim=-1)
-        h = self.encoder(h, self._covariates(batch_index))
-        return self.z_loc(h), F.softplus(self.z_scale(h)) + 1e-4
+        inputs = self._covariates(batch_index, covariates)
+        if self.query_encoder is None:
+            return self._posterior(self.encoder, self.z_loc, self.z_scale, h, inputs)
+        is_new = batch_index >= self.first_query_batch
+        query = self.query_encoder
+        if bool(is_new.all()):
+            return self._posterior(query["mlp"], query["loc"], query["scale"], h, inputs)
+        reference = self._posterior(self.encoder, self.z_loc, self.z_scale, h, inputs)
+        if not bool(is_new.any()):
+            return reference
+        mapped = self._posterior(query["mlp"], query["loc"], query["scale"], h, inputs)
+        pick = is_new.unsqueeze(-1)
+        return tuple(torch.where(pick, m, r) for m, r in zip(mapped, reference, strict=True))
+
+    @staticmethod
+    def _posterior(
+        mlp: _MLP, loc: nn.Linear, scale: nn.Linear, h: torch.Tensor, inputs: tuple
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = mlp(h, *inputs)
+        return loc(h), F.softplus(scale(h)) + 1e-4
 
     def decode(
         self,
@@ -234,18 +359,23 @@ class SCVAEModule(nn.Module):
         batch_index: torch.Tensor,
         observed: torch.Tensor | None = None,
         *,
+        covariates: torch.Tensor | None = None,
         include_constant: bool = True,
     ) -> CountDistribution:
         """Distribution of the counts given ``z`` (elementwise, not yet masked)."""
-        covariates = self._covariates(batch_index)
-        h = self.decoder(z, covariates)
+        inputs = self._covariates(batch_index, covariates)
+        h = self.decoder(z, *inputs)
         log_theta = None
         if self.log_theta is not None:
             log_theta = self.log_theta[0]
-            if self.log_theta.shape[0] > 1:
+            if self.query_log_theta is not None:
+                log_theta = torch.cat([self.log_theta, self.query_log_theta])[batch_index]
+            elif self.log_theta.shape[0] > 1:
                 log_theta = self.log_theta[batch_index]
         zi_logits = None if self.zi_logits is None else self.zi_logits(h)
         logits = self.gene_logits(h)
+        if inputs[1] is not None:  # zero for the reference's cells: their logits are unchanged
+            logits = logits + inputs[1] @ self.query_gene_offsets
         log_library = torch.log(library.clamp(min=1.0))
         if observed is None:
             return CountDistribution(
@@ -274,6 +404,7 @@ class SCVAEModule(nn.Module):
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         kl_weight: float = 1.0,
         include_constant: bool = True,
+        covariates: torch.Tensor | None = None,
     ) -> None:
         """p(x, y, z): standard normal prior on z, count likelihood on the observed entries,
         and (with a label head) the cell type of the labelled cells (``labels`` >= 0).
@@ -286,7 +417,12 @@ class SCVAEModule(nn.Module):
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", prior.to_event(1))
             counts = self.decode(
-                z, library, batch_index, observed, include_constant=include_constant
+                z,
+                library,
+                batch_index,
+                observed,
+                covariates=covariates,
+                include_constant=include_constant,
             )
             pyro.sample("counts", CountRows(counts, observed, nonzeros), obs=x)
             if self.classifier is not None and labels is not None:
@@ -306,11 +442,12 @@ class SCVAEModule(nn.Module):
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         kl_weight: float = 1.0,
         include_constant: bool = True,
+        covariates: torch.Tensor | None = None,
     ) -> None:
         """q(z | x): amortised mean-field normal; ``kl_weight`` is beta (with warm-up).
         The labels do not enter the guide."""
         with pyro.plate("cells", x.shape[0]):
-            loc, scale = self.encode(x, library, batch_index, observed, nonzeros)
+            loc, scale = self.encode(x, library, batch_index, observed, nonzeros, covariates)
             with poutine.scale(scale=kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
@@ -330,6 +467,7 @@ def importance_log_likelihood(
     batch_index: torch.Tensor,
     observed: torch.Tensor | None = None,
     *,
+    covariates: torch.Tensor | None = None,
     n_samples: int = 100,
 ) -> torch.Tensor:
     """Per-cell estimate of log p(x) by importance sampling with the guide as proposal.
@@ -337,13 +475,19 @@ def importance_log_likelihood(
     ``log p(x) ~= logsumexp_s [log p(x | z_s) + log p(z_s) - log q(z_s | x)] - log S`` with
     ``z_s ~ q(z | x)``; exact likelihood (constants included), observed entries only.
     """
-    loc, scale = module.encode(x, library, batch_index, observed)
+    loc, scale = module.encode(x, library, batch_index, observed, covariates=covariates)
     q = dist.Normal(loc, scale).to_event(1)
     prior = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
     log_w = []
     for _ in range(n_samples):
         z = q.sample()
-        counts = module.decode(z, library, batch_index, observed)
+        counts = module.decode(z, library, batch_index, observed, covariates=covariates)
         log_px = CountRows(counts, observed).log_prob(x)
         log_w.append(log_px + prior.log_prob(z) - q.log_prob(z))
     return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(n_samples)
+
+
+def _joined(one_hot: torch.Tensor | None, covariates: torch.Tensor | None) -> torch.Tensor | None:
+    if one_hot is None or covariates is None:
+        return one_hot if covariates is None else covariates
+    return torch.cat([one_hot, covariates.to(one_hot.dtype)], dim=-1)

@@ -115,6 +115,7 @@ nitpick_ignore = [
     ("py:class", "scvae._data.counts.CountData"),
     ("py:class", "scvae._vae.module.SCVAEModule"),
     ("py:class", "scvae._model.reference.LatentReference"),
+    ("py:class", "scvae._data.covariates.CovariateLayout"),
 ]
 
 # -- API reference -------------------------------------------------------------------------------

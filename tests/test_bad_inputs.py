@@ -1279,6 +1279,12 @@ for _row, _option, _message, _error in [
     ("F59", {"early_stopping": "no"}, "early_stopping must be True or False", TypeError),
     ("F60", {"max_epochs": 2.5}, "max_epochs must be an integer, got float 2.5", TypeError),
     ("F61", {"seed": "1"}, "seed must be an integer, got '1'", TypeError),
+    (
+        "F64",
+        {"batch_alignment": -1.0},
+        "batch_alignment must be a non-negative number, got -1.0",
+        ValueError,
+    ),
 ]:
     case(_row)(_bad_option(_option, _message, _error))
 
@@ -1448,6 +1454,251 @@ def _(env):
         cli("--debug", *fit_args(env, out, "--embedding", str(mine), "--overwrite"))
     assert not out.exists()  # refused before training
     assert ad.read_h5ad(mine).n_vars == 30
+
+
+# -- covariates, query mapping, label transfer, counterfactuals (issue 19) ----------------------
+def with_obs(env: Env, **columns) -> ad.AnnData:
+    a = env.adata()
+    for key, values in columns.items():
+        a.obs[key] = values
+    return a
+
+
+@case("V01")
+def _(env):
+    a = with_obs(env, donor="d1")
+    expect_error(
+        a, TypeError, r"did you mean \['donor'\]", fit, a, categorical_covariate_keys="donor"
+    )
+
+
+@case("V02")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"categorical_covariate_keys: 'batch' is already given as batch_key",
+        fit,
+        a,
+        batch_key="batch",
+        categorical_covariate_keys=["batch"],
+    )
+
+
+@case("V03")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        KeyError,
+        r"'pct_mito' is not a column of adata.obs",
+        fit,
+        a,
+        continuous_covariate_keys=["pct_mito"],
+    )
+
+
+@case("V04")
+def _(env):
+    a = with_obs(env, donor="d1")
+    expect_error(
+        a,
+        TypeError,
+        r"adata.obs\['donor'\] is object, not numbers",
+        fit,
+        a,
+        continuous_covariate_keys=["donor"],
+    )
+
+
+@case("V05")
+def _(env):
+    a = with_obs(env, mito=np.where(np.arange(120) == 7, np.nan, 1.0))
+    expect_error(
+        a,
+        ValueError,
+        r"1 missing or infinite values \(e.g. at cell 'cell_7'\)",
+        fit,
+        a,
+        continuous_covariate_keys=["mito"],
+    )
+
+
+@case("V06")
+def _(env):
+    donors = np.where(np.arange(120) % 2 == 0, "d1", "d2")
+    model = fit(with_obs(env, donor=donors), categorical_covariate_keys=["donor"])
+    a = with_obs(env, donor="d3")
+    expect_error(a, ValueError, r"categories the model does not know: \['d3'\]", model.embed, a)
+
+
+def query_of(env: Env) -> ad.AnnData:
+    a = env.adata()
+    a.obs["batch"] = "query_" + a.obs["batch"].astype(str)
+    return a
+
+
+@case("Q01")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"batches the reference was trained on: \['batch_0', 'batch_1'\]",
+        fit,
+        a,
+        reference=env.model,
+    )
+
+
+@case("Q02")
+def _(env):
+    a = query_of(env)
+    a.obs["batch"] = a.obs["batch"].astype(object)
+    a.obs.iloc[3, a.obs.columns.get_loc("batch")] = np.nan
+    expect_error(
+        a, ValueError, r"adata.obs\['batch'\] has 1 missing values", fit, a, reference=env.model
+    )
+
+
+@case("Q03")
+def _(env):
+    a = query_of(env)
+    a.var_names = [f"ENSG{i:05d}" for i in range(a.n_vars)]
+    expect_error(
+        a,
+        ValueError,
+        r"none of the model's 30 genes is in adata.var_names",
+        fit,
+        a,
+        reference=env.model,
+    )
+
+
+@case("Q04")
+def _(env):
+    a = query_of(env)
+    expect_error(
+        a,
+        ValueError,
+        r"likelihood='zinb': a query mapping keeps the reference's likelihood",
+        fit,
+        a,
+        reference=env.model,
+        likelihood="zinb",
+    )
+
+
+@case("Q05")
+def _(env):
+    a = query_of(env)
+    expect_error(
+        a,
+        TypeError,
+        r"reference must be a fitted scvae model .* got PosixPath",
+        fit,
+        a,
+        reference=env.saved(),
+    )
+
+
+@case("Q06")
+def _(env):
+    model = fit(env.adata())
+    a = query_of(env)
+    expect_error(a, ValueError, r"fitted without batch_key", fit, a, reference=model)
+
+
+@case("Q07")
+def _(env):
+    a = query_of(env)
+    path = env.tmp / "query.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(NotImplementedError, match=r"disk-backed query .*to_memory\(\)"):
+        fit(ad.read_h5ad(path, backed="r"), reference=env.model)
+
+
+@case("Q08")
+def _(env):
+    a = query_of(env)
+    qmodel = fit(a, reference=env.model)
+    expect_error(
+        a,
+        ValueError,
+        r"the reference is itself a query mapping",
+        fit,
+        query_of(env),
+        reference=qmodel,
+    )
+
+
+@case("Q09")
+def _(env):
+    a = query_of(env)
+    fit(a, reference=env.model)
+    assert "X_scvae" in a.obsm and a.obsm["X_scvae"].shape == (120, 10)
+    assert not np.isnan(a.obsm["X_scvae"]).any()
+    env.caplog.clear()
+    b = query_of(env)
+    b.var_names = [f"{g}" for g in b.var_names]
+    b = b[:, b.var_names[:20]].copy()
+    b.obs_names = [f"q{i}" for i in range(b.n_obs)]
+    extra = ad.AnnData(np.ones((b.n_obs, 2), dtype=np.float32), obs=b.obs)
+    extra.var_names = ["novel_1", "novel_2"]
+    c = ad.concat([b, extra], axis=1, merge="same")
+    fit(c, reference=env.model)
+    assert "dropping 2 genes of adata that the model does not know" in env.caplog.text
+    assert "10 of the model's 30 genes are not in adata" in env.caplog.text
+
+
+@case("Q10")
+def _(env):
+    model = scvae.fit(
+        env.adata(),
+        batch_key="batch",
+        labels_key="cell_type",
+        balance="labels",
+        max_epochs=1,
+        progress=False,
+    )
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"min_probability must be a number in \[0, 1\], got 1.5",
+        model.predict_labels,
+        a,
+        min_probability=1.5,
+    )
+
+
+@case("Q11")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"transform_batch='batch_9' is not a batch of the model",
+        scvae.denoise,
+        a,
+        env.model,
+        transform_batch="batch_9",
+    )
+
+
+@case("Q12")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"genes must be 'adata' or 'model', got 'all'",
+        scvae.impute,
+        a,
+        env.model,
+        genes="all",
+    )
 
 
 # -- the harness ---------------------------------------------------------------------------------

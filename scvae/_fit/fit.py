@@ -43,6 +43,7 @@ def fit(
     continuous_covariate_keys: list[str] | None = None,
     balance: str | None = None,
     classification_weight: float = 50.0,
+    batch_alignment: float | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
     n_latent: int = 10,
@@ -119,6 +120,15 @@ def fit(
         ``"batch"``: minibatches sampled so that each batch contributes equally.
     classification_weight
         Weight of the label term for ``balance="labels"`` / ``"auto"``.
+    batch_alignment
+        With ``batch_key``: weight of a term of the training objective that asks the
+        batches' latent distributions to match (the maximum mean discrepancy between each
+        batch's latent samples and the other cells' in every minibatch, per cell). Without
+        it a strong batch effect keeps the batches apart in latent space although the
+        decoder, given the batch, could explain it. Default ``None``: 10 (measured in
+        docs/mapping.md); 0 turns it off. It can pull a cell type that only one batch has
+        towards the others: see docs/mapping.md for what was measured. The reported ELBO
+        leaves it out.
     likelihood
         ``"nb"`` (negative binomial, default), ``"zinb"`` or ``"poisson"``.
     dispersion
@@ -212,7 +222,7 @@ def _fit_query(adata: AnnData, reference: SCVAE, options: dict) -> SCVAE:
     settings = query_settings(reference, options)
     data = read_query(adata, reference, settings)
     try:
-        module = query_module(reference, data)
+        module = query_module(reference, data, settings.seed)
         model = fit_counts(data, settings, module=module)
         model.label_categories = list(reference.label_categories)
         model.labels_key = reference.labels_key

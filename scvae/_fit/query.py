@@ -19,11 +19,14 @@ import logging
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
+import torch
 from anndata import AnnData
 
 from .._data.checks import missing_genes, obs_codes
 from .._data.counts import CountData
 from .._data.spec import ReadSpec, read_counts
+from .._model.reference import ANY
 from .._model.scvae import SCVAE
 from .._vae.module import SCVAEModule
 from .settings import FitSettings
@@ -39,6 +42,8 @@ QUERY_OPTIONS = frozenset(
     | {"early_stopping", "validation_fraction", "patience", "device", "seed", "key_added"}
     | {"progress", "checkpoint_dir", "checkpoint_every", "resume"}
 )
+#: Latent points of the reference a query is aligned with.
+N_ANCHORS = 4096
 _DEFAULTS = {f.name: f.default for f in fields(FitSettings)}
 
 
@@ -121,18 +126,26 @@ def read_query(adata: AnnData, reference: SCVAE, settings: FitSettings) -> Count
     return data
 
 
-def query_module(reference: SCVAE, data: CountData) -> SCVAEModule:
+def query_module(reference: SCVAE, data: CountData, seed: int = 0) -> SCVAEModule:
     """A copy of the reference's module with weights for the new batches of ``data``,
     everything but those frozen; the reference's module is not touched. A query that lacks
     some of the reference's genes gets an encoder of its own, started from the reference's
     (``SCVAEModule.query_encoder``)."""
     panel = bool(missing_genes(data))
     n_new = len(new_batches(data, reference))
-    config = dict(reference.module.config, n_query_batches=n_new, query_encoder=panel)
+    anchors = _anchors(reference, seed)
+    config = dict(
+        reference.module.config,
+        n_query_batches=n_new,
+        query_encoder=panel,
+        n_anchors=0 if anchors is None else len(anchors),
+    )
     module = SCVAEModule(**config)
     state = {k: v.detach().clone() for k, v in reference.module.state_dict().items()}
     missing, unexpected = module.load_state_dict(state, strict=False)
-    assert not unexpected and all("query" in k for k in missing), (missing, unexpected)
+    assert not unexpected and all("query" in k or k == "anchors" for k in missing), missing
+    if anchors is not None:
+        module.anchors.copy_(torch.as_tensor(anchors, dtype=module.anchors.dtype))
     if panel:
         module.start_query_encoder()
     if module.query_log_theta is not None:  # start each new batch at the mean dispersion
@@ -144,3 +157,12 @@ def query_module(reference: SCVAE, data: CountData) -> SCVAEModule:
 def new_batches(data: CountData, reference: SCVAE) -> list[str]:
     """The batches of ``data`` (read by :func:`read_query`) that the reference lacks."""
     return data.batch_categories[len(reference.batch_categories) :]
+
+
+def _anchors(reference: SCVAE, seed: int) -> np.ndarray | None:
+    """Points of the reference's aggregate posterior, for aligning the query with it (only
+    with the reference's batch alignment on, and its latent reference at hand)."""
+    if not reference.module.alignment_weight or reference.reference is None:
+        return None
+    region = reference.reference.regions[ANY]
+    return region.sample(N_ANCHORS, np.random.default_rng(seed)).astype(np.float32)

@@ -21,9 +21,11 @@ import torch
 from .._utils.device import resolve_device
 from .._vae.module import DISPERSIONS, LIKELIHOODS
 
-__all__ = ["BALANCE", "FitSettings", "default_lr", "default_max_epochs"]
+__all__ = ["BALANCE", "DEFAULT_ALIGNMENT", "FitSettings", "default_lr", "default_max_epochs"]
 
 BALANCE = (None, "labels", "batch", "auto")
+#: Weight of the batch-alignment (MMD) term when ``batch_alignment`` is not given.
+DEFAULT_ALIGNMENT = 10.0
 # Options that do not change what is trained: a checkpoint may be resumed with other values.
 _FREE_FOR_RESUME = frozenset(
     {"max_epochs", "patience", "early_stopping", "progress", "checkpoint_dir"}
@@ -99,6 +101,7 @@ class FitSettings:
     continuous_covariate_keys: list[str] | None = None
     balance: str | None = None
     classification_weight: float = 50.0
+    batch_alignment: float | None = None
     likelihood: str = "nb"
     dispersion: str = "gene"
     n_latent: int = 10
@@ -139,6 +142,12 @@ class FitSettings:
             raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {self.dispersion!r}")
         for name in ("early_stopping", "progress", "resume"):
             _flag(name, getattr(self, name))
+        if self.batch_alignment is not None:
+            _number("batch_alignment", self.batch_alignment)
+            if not (math.isfinite(self.batch_alignment) and self.batch_alignment >= 0):
+                raise ValueError(
+                    f"batch_alignment must be a non-negative number, got {self.batch_alignment!r}"
+                )
         for name in ("classification_weight", "dropout", "beta", "validation_fraction"):
             _number(name, getattr(self, name))
         if not (math.isfinite(self.classification_weight) and self.classification_weight >= 0):
@@ -222,8 +231,10 @@ class FitSettings:
         max_epochs = int(max_epochs)
         kl_warmup = max(1, max_epochs // 8) if self.kl_warmup is None else int(self.kl_warmup)
         lr = default_lr(self.batch_size * world_size) if self.lr is None else self.lr
+        alignment = DEFAULT_ALIGNMENT if self.batch_alignment is None else self.batch_alignment
         return replace(
             self,
+            batch_alignment=float(alignment),
             max_epochs=max_epochs,
             kl_warmup=kl_warmup,
             lr=lr,
@@ -241,6 +252,9 @@ class FitSettings:
             "likelihood": self.likelihood,
             "dispersion": self.dispersion,
             "dropout": self.dropout,
+            "alignment_weight": DEFAULT_ALIGNMENT
+            if self.batch_alignment is None
+            else float(self.batch_alignment),
         }
 
     def source_options(self) -> dict[str, Any]:

@@ -49,6 +49,8 @@ _MODULE_TYPES = {
     "n_covariates": int,
     "n_query_batches": int,
     "query_encoder": bool,
+    "alignment_weight": (int, float),
+    "n_anchors": int,
 }
 
 

@@ -60,12 +60,15 @@ def mean_field_loss(model, guide, *args, **kwargs) -> torch.Tensor:
 
 
 def step_loss(module: SCVAEModule, batch, kl_weight: float, exact: bool) -> torch.Tensor:
+    """The training loss per cell of one minibatch: the negative beta-weighted ELBO and the
+    batch-alignment term (``SCVAEModule.alignment_weight``)."""
     loss = mean_field_loss(
         module.model,
         module.guide,
         **batch._asdict(),
         kl_weight=kl_weight,
         include_constant=exact,
+        align=True,
     )
     return loss / batch.x.shape[0]
 

@@ -19,6 +19,14 @@ enters the objective with weight ``classification_weight`` times a per-class wei
 every class the same total weight (class balancing), which pulls rare types apart from common
 ones in latent space; :meth:`SCVAEModule.label_probabilities` predicts unlabelled cells.
 
+With several batches and ``alignment_weight > 0`` the training objective also asks the batches'
+latent distributions to match: minus ``alignment_weight`` times the maximum mean discrepancy
+(MMD) between the latent samples of each batch's cells and of the other cells of the
+minibatch, per cell (:func:`batch_mmd`), as in trVAE. The decoder given the batch could explain a
+batch effect, but nothing in the ELBO alone makes cells of one type in two batches share a
+latent region; with a strong batch effect they keep apart. The reported ELBO leaves this term
+out.
+
 Missing entries (``observed == False``) are left out of the likelihood, and the gene shares are
 renormalised over the observed genes so that the observed library ``l`` (a sum over observed
 genes only) is compared with the expression the model expects on those genes alone.
@@ -38,7 +46,10 @@ from torch import nn
 from .distributions import CountDistribution
 from .objective import CountRows
 
-__all__ = ["LIKELIHOODS", "SCVAEModule", "importance_log_likelihood"]
+__all__ = ["LIKELIHOODS", "SCVAEModule", "batch_mmd", "importance_log_likelihood"]
+
+#: Bandwidths of the Gaussian kernels of :func:`batch_mmd`, in units of the prior's scale.
+MMD_BANDWIDTHS = (0.5, 1.0, 2.0, 4.0)
 
 LIKELIHOODS = ("nb", "zinb", "poisson")
 DISPERSIONS = ("gene", "gene-batch")
@@ -156,6 +167,14 @@ class SCVAEModule(nn.Module):
         weights of their own in every layer, a log-scale offset per gene (and inverse
         dispersions, for ``"gene-batch"``): the only parameters :meth:`freeze_reference`
         leaves trainable.
+    alignment_weight
+        Weight of the batch-alignment term of the training objective (0: none); see the
+        module's description.
+    n_anchors
+        Latent points drawn from the reference's aggregate posterior (the buffer
+        ``anchors``, filled by a query mapping): with ``alignment_weight > 0`` a query's
+        minibatches are also aligned with them, so that the query's cells mix with the
+        reference's and do not only land near them.
     query_encoder
         Give the query batches an encoder of their own (a trainable copy of the reference's,
         :meth:`start_query_encoder`), for a query measured on fewer genes: the reference's
@@ -182,6 +201,8 @@ class SCVAEModule(nn.Module):
         n_covariates: int = 0,
         n_query_batches: int = 0,
         query_encoder: bool = False,
+        alignment_weight: float = 0.0,
+        n_anchors: int = 0,
     ) -> None:
         super().__init__()
         #: The constructor arguments: enough to rebuild the module (see ``scvae._model.io``).
@@ -203,6 +224,8 @@ class SCVAEModule(nn.Module):
             "n_covariates": int(n_covariates),
             "n_query_batches": int(n_query_batches),
             "query_encoder": bool(query_encoder),
+            "alignment_weight": float(alignment_weight),
+            "n_anchors": int(n_anchors),
         }
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -219,6 +242,10 @@ class SCVAEModule(nn.Module):
         #: Code of the first batch a query mapping added (the reference's batches come first).
         self.first_query_batch = max(int(n_batches), 1)
         self.n_query_batches = int(n_query_batches)
+        if not (math.isfinite(alignment_weight) and alignment_weight >= 0):
+            raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight!r}")
+        self.alignment_weight = float(alignment_weight)
+        self.register_buffer("anchors", torch.zeros(n_anchors, n_latent) if n_anchors else None)
 
         n_in = n_genes * (2 if encode_mask else 1)
         width = self.n_batches + self.n_covariates
@@ -405,9 +432,11 @@ class SCVAEModule(nn.Module):
         kl_weight: float = 1.0,
         include_constant: bool = True,
         covariates: torch.Tensor | None = None,
+        align: bool = False,
     ) -> None:
         """p(x, y, z): standard normal prior on z, count likelihood on the observed entries,
         and (with a label head) the cell type of the labelled cells (``labels`` >= 0).
+        ``align``: add the batch-alignment term (training only, see the module's text).
 
         ``nonzeros`` (``(rows, cols, values)`` of the stored entries of ``x``, as minibatches
         carry them) only makes the NB training objective cheaper; the value is the same."""
@@ -425,6 +454,16 @@ class SCVAEModule(nn.Module):
                 include_constant=include_constant,
             )
             pyro.sample("counts", CountRows(counts, observed, nonzeros), obs=x)
+        if align and self.alignment_weight > 0 and self.n_batches + self.n_query_batches:
+            n_codes = max(self.n_batches, self.first_query_batch) + self.n_query_batches
+            mmd = batch_mmd(z, batch_index, n_codes)
+            if self.anchors is not None:  # a query: also aligned with the reference's cells
+                picked = self.anchors[
+                    torch.randint(len(self.anchors), (n_cells,), device=z.device)
+                ]
+                sides = torch.arange(2 * n_cells, device=z.device) >= n_cells
+                mmd = mmd + batch_mmd(torch.cat([z, picked]), sides.long(), 2)
+            pyro.factor("batch_alignment", -self.alignment_weight * n_cells * mmd)
             if self.classifier is not None and labels is not None:
                 known = labels >= 0
                 code = labels.clamp(min=0)
@@ -443,6 +482,7 @@ class SCVAEModule(nn.Module):
         kl_weight: float = 1.0,
         include_constant: bool = True,
         covariates: torch.Tensor | None = None,
+        align: bool = False,
     ) -> None:
         """q(z | x): amortised mean-field normal; ``kl_weight`` is beta (with warm-up).
         The labels do not enter the guide."""
@@ -457,6 +497,38 @@ class SCVAEModule(nn.Module):
         if self.classifier is None:
             raise ValueError("this model has no label head (fit with balance='labels')")
         return torch.softmax(self.classifier(z), dim=-1)
+
+
+def batch_mmd(
+    z: torch.Tensor, batch_index: torch.Tensor, n_batches: int | None = None
+) -> torch.Tensor:
+    """Mean over the batches of a minibatch of the squared MMD between the latent points of
+    the batch's cells and those of the other cells (Gaussian kernels of bandwidths
+    :data:`MMD_BANDWIDTHS`; batches with fewer than 2 cells, or 2 other cells, left out).
+
+    Computed for all batches at once from one kernel matrix, without a loop over batches.
+
+    Examples
+    --------
+    >>> z = torch.randn(200, 3)
+    >>> same = batch_mmd(z, torch.arange(200) % 2)
+    >>> apart = batch_mmd(z + 3 * (torch.arange(200) % 2)[:, None], torch.arange(200) % 2)
+    >>> bool(apart > 10 * same)
+    True
+    """
+    squared = torch.cdist(z, z).square()
+    kernel = sum(torch.exp(-squared / (2.0 * h * h)) for h in MMD_BANDWIDTHS)
+    one_hot = F.one_hot(batch_index, n_batches or -1).to(z.dtype)  # (cells, batches)
+    n = one_hot.sum(0)
+    rest = z.shape[0] - n
+    within = (one_hot * (kernel @ one_hot)).sum(0)  # sum over pairs inside each batch
+    touching = one_hot.T @ kernel.sum(1)  # pairs with one cell in the batch
+    across = touching - within
+    outside = kernel.sum() - within - 2.0 * across
+    usable = (n >= 2) & (rest >= 2)
+    n, rest = n.clamp(min=1), rest.clamp(min=1)
+    mmd = within / n.square() + outside / rest.square() - 2.0 * across / (n * rest)
+    return (mmd * usable).sum() / usable.sum().clamp(min=1)
 
 
 @torch.no_grad()

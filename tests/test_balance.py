@@ -187,3 +187,14 @@ def test_balance_batch_samples_each_batch_equally(small_adata, monkeypatch):
     totals = np.bincount(seen["batch"], weights=seen["p"])
     assert np.bincount(seen["batch"])[1] < np.bincount(seen["batch"])[0] / 3  # uneven batches
     np.testing.assert_allclose(totals[0], totals[1], rtol=1e-4)  # ... drawn equally
+
+
+def test_label_head_trains_without_batches():
+    """The label term is part of the objective with or without batches (a single-batch fit
+    once left it out): the head predicts the training cells' types."""
+    adata = scvae.datasets.simulate(500, 100, n_groups=4, n_batches=1, seed=2)
+    model = scvae.fit(
+        adata, labels_key="cell_type", balance="labels", max_epochs=30, progress=False
+    )
+    predicted = model.predict_labels(adata).astype(str).to_numpy()
+    assert (predicted == adata.obs["cell_type"].astype(str).to_numpy()).mean() > 0.9

@@ -454,6 +454,12 @@ class SCVAEModule(nn.Module):
                 include_constant=include_constant,
             )
             pyro.sample("counts", CountRows(counts, observed, nonzeros), obs=x)
+            if self.classifier is not None and labels is not None:
+                known = labels >= 0
+                code = labels.clamp(min=0)
+                scale = self.classification_weight * self.class_weights[code]
+                with poutine.mask(mask=known), poutine.scale(scale=scale):
+                    pyro.sample("y", dist.Categorical(logits=self.classifier(z)), obs=code)
         if align and self.alignment_weight > 0 and self.n_batches + self.n_query_batches:
             n_codes = max(self.n_batches, self.first_query_batch) + self.n_query_batches
             mmd = batch_mmd(z, batch_index, n_codes)
@@ -464,12 +470,6 @@ class SCVAEModule(nn.Module):
                 sides = torch.arange(2 * n_cells, device=z.device) >= n_cells
                 mmd = mmd + batch_mmd(torch.cat([z, picked]), sides.long(), 2)
             pyro.factor("batch_alignment", -self.alignment_weight * n_cells * mmd)
-            if self.classifier is not None and labels is not None:
-                known = labels >= 0
-                code = labels.clamp(min=0)
-                scale = self.classification_weight * self.class_weights[code]
-                with poutine.mask(mask=known), poutine.scale(scale=scale):
-                    pyro.sample("y", dist.Categorical(logits=self.classifier(z)), obs=code)
 
     def guide(
         self,

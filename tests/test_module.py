@@ -91,3 +91,29 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_repeats_with_the_seed(p):
     assert torch.equal(layer(h), out)
     layer.eval()
     assert torch.equal(layer(h), h)
+
+
+def test_batch_mmd_matches_the_pairwise_definition_and_sees_separated_batches():
+    """The vectorised MMD of every batch against the rest equals the textbook estimate
+    computed batch by batch, and is large only when the batches sit apart."""
+    from scvae._vae.module import MMD_BANDWIDTHS, batch_mmd
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 4, generator=generator)
+    batches = torch.randint(0, 3, (300,), generator=generator)
+
+    def direct(a, b):
+        points = torch.cat([a, b])
+        squared = torch.cdist(points, points).square()
+        kernel = sum(torch.exp(-squared / (2 * h * h)) for h in MMD_BANDWIDTHS)
+        n = len(a)
+        return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
+
+    shifted = z + batches[:, None].float()
+    expected = sum(direct(shifted[batches == b], shifted[batches != b]) for b in range(3)) / 3
+    torch.testing.assert_close(batch_mmd(shifted, batches, 3), expected)
+    assert batch_mmd(shifted, batches, 3) > 10 * batch_mmd(z, batches, 3)
+    # A batch of one cell is left out rather than measured.
+    lone = torch.zeros(300, dtype=torch.long)
+    lone[0] = 1
+    assert batch_mmd(shifted, lone, 2) == 0

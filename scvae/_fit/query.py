@@ -111,7 +111,9 @@ def read_query(adata: AnnData, reference: SCVAE, settings: FitSettings) -> Count
         absent_genes_missing=True,
     )
     data = read_counts(adata, spec, for_fit=False)
-    if data.missing is not None and not reference.module.encode_mask:
+    # A query lacking whole genes gets an encoder of its own (query_module); scattered
+    # missing entries meet the reference's encoder.
+    if data.missing is not None and not reference.module.encode_mask and not missing_genes(data):
         logger.warning(
             "the reference was fitted without missing values: its encoder sees a missing "
             "entry of the query as a zero, which biases the latent position of cells with "

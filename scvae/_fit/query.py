@@ -2,8 +2,11 @@
 
 scArches' idea, in scvae's terms: ``fit(query, reference=model)`` copies the reference's module,
 gives every layer of its encoder and decoder input weights for the query's batches (zero to
-start with; and inverse dispersions per new batch, for ``dispersion="gene-batch"``), freezes
-everything else and trains those weights on the query's cells. The reference's cells are
+start with), each new batch a log-scale offset per gene (and inverse dispersions, for
+``dispersion="gene-batch"``), freezes everything else and trains those on the query's cells.
+With the reference's batch alignment on, the query's cells are also aligned with points drawn
+from the reference's aggregate posterior (``SCVAEModule.anchors``), so that they mix with the
+reference's cells instead of only landing near them. The reference's cells are
 computed exactly as before (their new-batch inputs are zero), so the mapped model embeds them
 bit for bit as the reference did, and the query's cells land in the same latent space.
 

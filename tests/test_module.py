@@ -7,7 +7,8 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from scvae._train.loop import kl_weight_at, mean_field_loss
-from scvae._vae.module import SCVAEModule, _Dropout
+from scvae._vae.module import SCVAEModule
+from scvae._vae.networks import Dropout
 
 
 def _batch(n=32, g=40, n_batches=2, seed=0, with_mask=True):
@@ -72,7 +73,7 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_repeats_with_the_seed(p):
     """The encoder's dropout (16 random bits per entry) drops each entry with probability p,
     independently of its position, scales the rest by 1 / (1 - p), passes the same mask to
     the gradient, does nothing in eval mode and repeats with the seed."""
-    layer = _Dropout(p)
+    layer = Dropout(p)
     h = torch.ones(1000, 1000, requires_grad=True)
     torch.manual_seed(0)
     out = layer(h)
@@ -96,7 +97,7 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_repeats_with_the_seed(p):
 def test_batch_mmd_matches_the_pairwise_definition_and_sees_separated_batches():
     """The vectorised MMD of every batch against the rest equals the textbook estimate
     computed batch by batch, and is large only when the batches sit apart."""
-    from scvae._vae.module import MMD_BANDWIDTHS, batch_mmd
+    from scvae._vae.objective import MMD_BANDWIDTHS, batch_mmd
 
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(300, 4, generator=generator)

@@ -28,7 +28,7 @@ from .covariates import CovariateLayout, covariate_matrix
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prepare_counts"]
+__all__ = ["counts_matrix", "prepare_counts"]
 
 _CHUNK_ROWS = 4096
 
@@ -75,7 +75,7 @@ def prepare_counts(
         their columns missing) instead of an error: a query measured on a smaller panel.
     """
     _check_adata(adata)
-    matrix = _get_matrix(adata, layer)
+    matrix = counts_matrix(adata, layer)
     columns = None
     genes = [str(g) for g in adata.var_names]
     if gene_names is not None:
@@ -208,7 +208,8 @@ def _check_adata(adata: AnnData) -> None:
         )
 
 
-def _get_matrix(adata: AnnData, layer: str | None):
+def counts_matrix(adata: AnnData, layer: str | None):
+    """``adata.X`` or ``adata.layers[layer]``, checked to exist and to hold numbers."""
     if layer is None:
         if adata.X is None:
             raise ValueError("adata.X is empty: pass the layer that holds the raw counts")

@@ -21,7 +21,7 @@ from .._batches.minibatch import Minibatch
 from .._batches.rows import MinibatchSource
 from .._data.checks import align_genes
 from .._data.counts import CountData
-from .._data.memory import prepare_counts
+from .._data.memory import counts_matrix, prepare_counts
 from .._model.encode import encoded
 from .._model.scvae import SCVAE
 from .._utils.device import seeded
@@ -198,12 +198,9 @@ def _over_model_genes(
     layer = model.layer if layer is ... else layer
     if mask_layer is ...:
         mask_layer = model.mask_layer if model.mask_layer in adata.layers else None
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not in adata.layers (available: {list(adata.layers)})")
     columns = align_genes(adata.var_names, model.gene_names, allow_absent=True)
     present = np.flatnonzero(columns >= 0)
-    source = adata.X if layer is None else adata.layers[layer]
-    values = source[:, columns[present]]
+    values = counts_matrix(adata, layer)[:, columns[present]]
     values = values.toarray() if sp.issparse(values) else np.array(values, dtype=np.float32)
     counts = np.full((adata.n_obs, len(model.gene_names)), np.nan, dtype=np.float32)
     counts[:, present] = values

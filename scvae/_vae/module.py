@@ -21,11 +21,11 @@ ones in latent space; :meth:`SCVAEModule.label_probabilities` predicts unlabelle
 
 With several batches and ``alignment_weight > 0`` the training objective also asks the batches'
 latent distributions to match: minus ``alignment_weight`` times the maximum mean discrepancy
-(MMD) between the latent samples of each batch's cells and of the other cells of the
-minibatch, per cell (:func:`batch_mmd`), as in trVAE. The decoder given the batch could explain a
-batch effect, but nothing in the ELBO alone makes cells of one type in two batches share a
-latent region; with a strong batch effect they keep apart. The reported ELBO leaves this term
-out.
+(MMD) between the latent samples of each batch's cells and of the other cells of the minibatch,
+per cell (``scvae._vae.objective.batch_mmd``), as in trVAE. The decoder given the batch could
+explain a batch effect, but nothing in the ELBO alone makes cells of one type in two batches
+share a latent region; with a strong batch effect they keep apart. The reported ELBO leaves
+this term out.
 
 Missing entries (``observed == False``) are left out of the likelihood, and the gene shares are
 renormalised over the observed genes so that the observed library ``l`` (a sum over observed
@@ -44,88 +44,14 @@ from pyro import poutine
 from torch import nn
 
 from .distributions import CountDistribution
-from .objective import CountRows
+from .networks import MLP
+from .objective import CountRows, batch_mmd
 
-__all__ = ["LIKELIHOODS", "SCVAEModule", "batch_mmd", "importance_log_likelihood"]
+__all__ = ["LIKELIHOODS", "SCVAEModule", "importance_log_likelihood"]
 
-#: Bandwidths of the Gaussian kernels of :func:`batch_mmd`, in units of the prior's scale.
-MMD_BANDWIDTHS = (0.5, 1.0, 2.0, 4.0)
 
 LIKELIHOODS = ("nb", "zinb", "poisson")
 DISPERSIONS = ("gene", "gene-batch")
-
-
-class _Dropout(nn.Module):
-    """``nn.Dropout`` with a cheaper mask: 16 random bits per entry, four from each 64-bit
-    draw, so that the drop rate is ``p`` rounded to 1/65536. ``nn.Dropout`` draws a Bernoulli
-    variable per entry, about twice the time (``docs/speed.md``, measured building blocks)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p}")
-        self.p = p
-        self.threshold = round(p * 65536) - 32768  # int16 values below it are dropped
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return h
-        words = -(-h.numel() // 4)
-        bits = torch.empty(words, dtype=torch.int64, device=h.device).random_(-(2**63), None)
-        keep = bits.view(torch.int16)[: h.numel()].view(h.shape) >= self.threshold
-        return h * (keep * (1.0 / (1.0 - self.p))).to(h.dtype)
-
-
-class _MLP(nn.Module):
-    """Linear -> LayerNorm -> ReLU -> Dropout blocks; the covariates (batch one-hot and the
-    others) enter every block.
-
-    :meth:`add_query_batches` gives every block extra input weights of its own for batches
-    a query mapping adds (``fit(query, reference=model)``): a separate term added after the
-    block's linear map, zero for the reference's cells, so that they are computed exactly as
-    before, bit for bit.
-    """
-
-    def __init__(
-        self, n_in: int, n_covariates: int, n_hidden: int, n_layers: int, dropout: float
-    ) -> None:
-        super().__init__()
-        self.n_covariates = n_covariates
-        self.layers = nn.ModuleList()
-        for i in range(n_layers):
-            width = (n_in if i == 0 else n_hidden) + n_covariates
-            self.layers.append(
-                nn.Sequential(
-                    nn.Linear(width, n_hidden),
-                    nn.LayerNorm(n_hidden, elementwise_affine=False),
-                    nn.ReLU(),
-                    _Dropout(dropout) if dropout > 0 else nn.Identity(),
-                )
-            )
-        self.query_weights = nn.ParameterList()
-
-    def add_query_batches(self, n_new: int) -> None:
-        """Input weights, zero to start with, for ``n_new`` batches of a query."""
-        for layer in self.layers:
-            n_hidden = layer[0].out_features
-            self.query_weights.append(nn.Parameter(torch.zeros(n_hidden, n_new)))
-
-    def forward(
-        self,
-        h: torch.Tensor,
-        covariates: torch.Tensor | None,
-        query_batches: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            if covariates is not None:
-                h = torch.cat([h, covariates], dim=-1)
-            if query_batches is None:
-                h = layer(h)
-                continue
-            h = layer[0](h) + query_batches @ self.query_weights[i].T
-            for block in list(layer)[1:]:
-                h = block(h)
-        return h
 
 
 class SCVAEModule(nn.Module):
@@ -249,10 +175,10 @@ class SCVAEModule(nn.Module):
 
         n_in = n_genes * (2 if encode_mask else 1)
         width = self.n_batches + self.n_covariates
-        self.encoder = _MLP(n_in, width, n_hidden, n_layers, dropout)
+        self.encoder = MLP(n_in, width, n_hidden, n_layers, dropout)
         self.z_loc = nn.Linear(n_hidden, n_latent)
         self.z_scale = nn.Linear(n_hidden, n_latent)
-        self.decoder = _MLP(n_latent, width, n_hidden, n_layers, 0.0)
+        self.decoder = MLP(n_latent, width, n_hidden, n_layers, 0.0)
         self.gene_logits = nn.Linear(n_hidden, n_genes)
         self.zi_logits = nn.Linear(n_hidden, n_genes) if likelihood == "zinb" else None
         if likelihood == "poisson":
@@ -276,7 +202,7 @@ class SCVAEModule(nn.Module):
         if query_encoder:
             self.query_encoder = nn.ModuleDict(
                 {
-                    "mlp": _MLP(n_in, width, n_hidden, n_layers, dropout),
+                    "mlp": MLP(n_in, width, n_hidden, n_layers, dropout),
                     "loc": nn.Linear(n_hidden, n_latent),
                     "scale": nn.Linear(n_hidden, n_latent),
                 }
@@ -289,8 +215,8 @@ class SCVAEModule(nn.Module):
             self.encoder.add_query_batches(self.n_query_batches)
             self.decoder.add_query_batches(self.n_query_batches)
             if self.log_theta is not None and self.log_theta.shape[0] > 1:
-                start = self.log_theta.detach().mean(0, keepdim=True)
-                self.query_log_theta = nn.Parameter(start.repeat(self.n_query_batches, 1))
+                # Started at the reference's mean dispersion by the query mapping.
+                self.query_log_theta = nn.Parameter(torch.zeros(self.n_query_batches, n_genes))
 
     def start_query_encoder(self) -> None:
         """Start the query's encoder from the reference's weights."""
@@ -374,7 +300,7 @@ class SCVAEModule(nn.Module):
 
     @staticmethod
     def _posterior(
-        mlp: _MLP, loc: nn.Linear, scale: nn.Linear, h: torch.Tensor, inputs: tuple
+        mlp: MLP, loc: nn.Linear, scale: nn.Linear, h: torch.Tensor, inputs: tuple
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = mlp(h, *inputs)
         return loc(h), F.softplus(scale(h)) + 1e-4
@@ -461,8 +387,7 @@ class SCVAEModule(nn.Module):
                 with poutine.mask(mask=known), poutine.scale(scale=scale):
                     pyro.sample("y", dist.Categorical(logits=self.classifier(z)), obs=code)
         if align and self.alignment_weight > 0 and self.n_batches + self.n_query_batches:
-            n_codes = max(self.n_batches, self.first_query_batch) + self.n_query_batches
-            mmd = batch_mmd(z, batch_index, n_codes)
+            mmd = batch_mmd(z, batch_index, self.first_query_batch + self.n_query_batches)
             if self.anchors is not None:  # a query: also aligned with the reference's cells
                 picked = self.anchors[
                     torch.randint(len(self.anchors), (n_cells,), device=z.device)
@@ -497,38 +422,6 @@ class SCVAEModule(nn.Module):
         if self.classifier is None:
             raise ValueError("this model has no label head (fit with balance='labels')")
         return torch.softmax(self.classifier(z), dim=-1)
-
-
-def batch_mmd(
-    z: torch.Tensor, batch_index: torch.Tensor, n_batches: int | None = None
-) -> torch.Tensor:
-    """Mean over the batches of a minibatch of the squared MMD between the latent points of
-    the batch's cells and those of the other cells (Gaussian kernels of bandwidths
-    :data:`MMD_BANDWIDTHS`; batches with fewer than 2 cells, or 2 other cells, left out).
-
-    Computed for all batches at once from one kernel matrix, without a loop over batches.
-
-    Examples
-    --------
-    >>> z = torch.randn(200, 3)
-    >>> same = batch_mmd(z, torch.arange(200) % 2)
-    >>> apart = batch_mmd(z + 3 * (torch.arange(200) % 2)[:, None], torch.arange(200) % 2)
-    >>> bool(apart > 10 * same)
-    True
-    """
-    squared = torch.cdist(z, z).square()
-    kernel = sum(torch.exp(-squared / (2.0 * h * h)) for h in MMD_BANDWIDTHS)
-    one_hot = F.one_hot(batch_index, n_batches or -1).to(z.dtype)  # (cells, batches)
-    n = one_hot.sum(0)
-    rest = z.shape[0] - n
-    within = (one_hot * (kernel @ one_hot)).sum(0)  # sum over pairs inside each batch
-    touching = one_hot.T @ kernel.sum(1)  # pairs with one cell in the batch
-    across = touching - within
-    outside = kernel.sum() - within - 2.0 * across
-    usable = (n >= 2) & (rest >= 2)
-    n, rest = n.clamp(min=1), rest.clamp(min=1)
-    mmd = within / n.square() + outside / rest.square() - 2.0 * across / (n * rest)
-    return (mmd * usable).sum() / usable.sum().clamp(min=1)
 
 
 @torch.no_grad()

@@ -22,7 +22,15 @@ from torch.distributions import constraints
 
 from .distributions import CountDistribution
 
-__all__ = ["CountRows", "digamma", "lgamma", "nb_logits_rows_log_prob", "nb_rows_log_prob"]
+__all__ = [
+    "MMD_BANDWIDTHS",
+    "CountRows",
+    "batch_mmd",
+    "digamma",
+    "lgamma",
+    "nb_logits_rows_log_prob",
+    "nb_rows_log_prob",
+]
 
 
 def digamma(y: torch.Tensor) -> torch.Tensor:
@@ -300,3 +308,39 @@ class CountRows(TorchDistribution):
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
         return self.counts.sample(sample_shape)
+
+
+#: Bandwidths of the Gaussian kernels of :func:`batch_mmd`, in units of the prior's scale.
+MMD_BANDWIDTHS = (0.5, 1.0, 2.0, 4.0)
+
+
+def batch_mmd(
+    z: torch.Tensor, batch_index: torch.Tensor, n_batches: int | None = None
+) -> torch.Tensor:
+    """Mean over the batches of a minibatch of the squared MMD between the latent points of
+    the batch's cells and those of the other cells (Gaussian kernels of bandwidths
+    :data:`MMD_BANDWIDTHS`; batches with fewer than 2 cells, or 2 other cells, left out).
+
+    Computed for all batches at once from one kernel matrix, without a loop over batches.
+
+    Examples
+    --------
+    >>> z = torch.randn(200, 3)
+    >>> same = batch_mmd(z, torch.arange(200) % 2)
+    >>> apart = batch_mmd(z + 3 * (torch.arange(200) % 2)[:, None], torch.arange(200) % 2)
+    >>> bool(apart > 10 * same)
+    True
+    """
+    squared = torch.cdist(z, z).square()
+    kernel = sum(torch.exp(-squared / (2.0 * h * h)) for h in MMD_BANDWIDTHS)
+    one_hot = F.one_hot(batch_index, n_batches or -1).to(z.dtype)  # (cells, batches)
+    n = one_hot.sum(0)
+    rest = z.shape[0] - n
+    within = (one_hot * (kernel @ one_hot)).sum(0)  # sum over pairs inside each batch
+    touching = one_hot.T @ kernel.sum(1)  # pairs with one cell in the batch
+    across = touching - within
+    outside = kernel.sum() - within - 2.0 * across
+    usable = (n >= 2) & (rest >= 2)
+    n, rest = n.clamp(min=1), rest.clamp(min=1)
+    mmd = within / n.square() + outside / rest.square() - 2.0 * across / (n * rest)
+    return (mmd * usable).sum() / usable.sum().clamp(min=1)

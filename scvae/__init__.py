@@ -9,9 +9,11 @@ from . import datasets, metrics, pl
 from ._data.panels import concat_panels
 from ._fit.fit import fit
 from ._model.scvae import SCVAE, load
+from ._tools.differential import differential_expression
 from ._tools.generate import generate
 from ._tools.impute import denoise, impute, predictive_log_likelihood
 from ._tools.ppc import PosteriorPredictiveCheck, gene_statistics, posterior_predictive_check
+from ._tools.rank_genes import rank_genes_groups
 from ._train.guards import NonFiniteLossError
 from ._version import __version__
 
@@ -23,6 +25,7 @@ __all__ = [
     "concat_panels",
     "datasets",
     "denoise",
+    "differential_expression",
     "fit",
     "gene_statistics",
     "generate",
@@ -32,4 +35,5 @@ __all__ = [
     "pl",
     "posterior_predictive_check",
     "predictive_log_likelihood",
+    "rank_genes_groups",
 ]

@@ -16,9 +16,17 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from ._simulate_de import simulate_differential
 from ._simulate_file import simulate_h5ad
 
-__all__ = ["data_dir", "pbmc68k_reduced_counts", "read", "simulate", "simulate_h5ad"]
+__all__ = [
+    "data_dir",
+    "pbmc68k_reduced_counts",
+    "read",
+    "simulate",
+    "simulate_differential",
+    "simulate_h5ad",
+]
 
 DATA_DIR_VARIABLE = "SCVAE_DATA_DIR"
 

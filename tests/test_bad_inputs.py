@@ -1701,6 +1701,215 @@ def _(env):
     )
 
 
+# -- differential expression and rank_genes_groups ---------------------------------------------
+def with_column(env: Env, name: str, values) -> ad.AnnData:
+    a = env.adata()
+    a.obs[name] = pd.Categorical(values)
+    return a
+
+
+@case("D01")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        KeyError,
+        r"groupby='leiden' is not a column of adata.obs",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "leiden",
+        "0",
+    )
+
+
+@case("D02")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"group1: \['group_9'\] not among the values of 'cell_type'",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "cell_type",
+        "group_9",
+    )
+
+
+@case("D03")
+def _(env):
+    a = with_column(env, "size", ["few"] * 4 + ["many"] * (env.base.n_obs - 4))
+    expect_error(
+        a,
+        ValueError,
+        r"group1 \('few'\) has 4 cells: at least 10 are needed",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "size",
+        "few",
+    )
+
+
+@case("D04")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"share values of 'cell_type': the groups must be different cells",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "cell_type",
+        "group_0",
+        "group_0",
+    )
+
+
+@case("D05")
+def _(env):
+    obs = env.base.obs
+    a = with_column(env, "where", obs["cell_type"].astype(str) + "/" + obs["batch"].astype(str))
+    expect_error(
+        a,
+        ValueError,
+        r"the two groups share no batch \(group1 in \['batch_0'\], group2 in \['batch_1'\]\)",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "where",
+        "group_0/batch_0",
+        "group_1/batch_1",
+    )
+
+
+@case("D06")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"delta must be at least 0, got -1",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "cell_type",
+        "group_0",
+        delta=-1,
+    )
+
+
+@case("D07")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"fdr must be between 0 and 1, got 1.5",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "cell_type",
+        "group_0",
+        fdr=1.5,
+    )
+
+
+@case("D08")
+def _(env):
+    a = env.adata()
+    args = (a, env.model, "cell_type", "group_0")
+    expect_error(
+        a,
+        ValueError,
+        r"n_samples must be a positive integer, got 0",
+        scvae.differential_expression,
+        *args,
+        n_samples=0,
+    )
+    expect_error(
+        a,
+        TypeError,
+        r"batch_correction must be True or False, got 'yes'",
+        scvae.differential_expression,
+        *args,
+        batch_correction="yes",
+    )
+
+
+@case("D09")
+def _(env):
+    a = env.adata()[:, :20].copy()
+    expect_error(
+        a,
+        ValueError,
+        r"10 of the model's 30 genes are missing from adata.var_names",
+        scvae.differential_expression,
+        a,
+        env.model,
+        "cell_type",
+        "group_0",
+    )
+
+
+@case("D10")
+def _(env):
+    a = env.adata()
+    labels = a.obs["cell_type"].astype(object).to_numpy()
+    labels[:30] = np.nan
+    a.obs["some"] = pd.Categorical(labels)
+    before = fingerprint(a)
+    de = scvae.differential_expression(a, env.model, "some", "group_0", n_samples=5)
+    assert not changed(before, fingerprint(a))
+    assert list(de.columns[:4]) == ["lfc_mean", "lfc_median", "lfc_std", "proba_de"]
+    # The rest is the labelled cells outside group_0: the unlabelled ones are not in it.
+    rest = a[a.obs["some"].notna().to_numpy() & (a.obs["some"] != "group_0").to_numpy()]
+    frac = np.asarray((rest.X > 0).mean(axis=0)).ravel()
+    np.testing.assert_allclose(de["frac_nonzero2"].reindex(a.var_names), frac)
+
+
+@case("D11")
+def _(env):
+    a = with_column(env, "cell_type", ["few"] * 4 + ["many"] * (env.base.n_obs - 4))
+    expect_error(
+        a,
+        ValueError,
+        r"groups \['few'\] of 'cell_type' have fewer than 10 cells: pass groups=\[...\]",
+        scvae.rank_genes_groups,
+        a,
+        env.model,
+        "cell_type",
+    )
+    assert "scvae_rank_genes_groups" not in a.uns
+
+
+@case("D12")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"'group_9' is not a value of 'cell_type'",
+        scvae.rank_genes_groups,
+        a,
+        env.model,
+        "cell_type",
+        reference="group_9",
+    )
+
+
+@case("D13")
+def _(env):
+    a = env.adata()
+    view = a[:60]
+    with pytest.raises(ValueError, match=r"adata is a view .*rank_genes_groups writes adata.uns"):
+        scvae.rank_genes_groups(view, env.model, "cell_type")
+    assert "scvae_rank_genes_groups" not in a.uns
+
+
 # -- the harness ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("row", sorted(CASES))
 def test_bad_input(row, tiny, tmp_path, caplog, monkeypatch):

@@ -270,12 +270,12 @@ def _batch_code(model: SCVAE, batch: str | None) -> int | None:
     return model.batch_categories.index(str(batch))
 
 
-def _check_writable(adata: AnnData, function: str) -> None:
+def _check_writable(adata: AnnData, function: str, writes: str = "layers") -> None:
     """Refuse a view: the layers would go into a copy anndata makes of it, and a call like
     ``impute(adata[cells], model)`` would lose them without a word."""
     if isinstance(adata, AnnData) and adata.is_view:
         raise ValueError(
-            f"adata is a view (e.g. adata[cells]): {function} writes layers, which anndata "
+            f"adata is a view (e.g. adata[cells]): {function} writes {writes}, which anndata "
             "would put into a copy of the view, and the result would be lost. Make the "
             f"subset an AnnData of its own first: sub = adata[cells].copy(); "
             f"scvae.{function}(sub, model)"

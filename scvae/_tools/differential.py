@@ -1,0 +1,346 @@
+"""Differential expression from the generative model: a posterior over each group's mean.
+
+The quantity tested is, per gene, the log2 fold change between the *population* mean
+expression of two groups of cells, each cell's expression being the decoder's expected share
+of its counts (library size 1) at its latent position, evaluated in the same batches for both
+groups (batch correction). Its posterior combines the two uncertainties a comparison of
+groups has: where each cell lies (draws of z from the encoder, which reads missing entries as
+missing) and which cells the groups happened to contain (a Bayesian bootstrap over the cells:
+each draw weighs the cells with Dirichlet(1, ..., 1) weights, Rubin 1981). A draw of the group
+means gives one draw of the fold change; ``proba_de`` is the share of draws with
+``|lfc| > delta``, and genes are selected at a posterior expected false discovery rate
+(Newton et al. 2004): the largest set whose mean ``1 - proba_de`` is at most ``fdr``.
+
+Means are reported as expected counts per cell at the median depth of the compared cells,
+and the fold change is of ``mean + pseudocount`` in those units, so that a gene at a tiny
+fraction of a count per cell in both groups has a fold change near zero whatever the ratio
+of its means (a ratio of two near-zero numbers is not a difference a biologist can use).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from .._batches.rows import MinibatchSource
+from .._data.counts import CountData
+from .._model.encode import encoded
+from .._model.scvae import SCVAE
+from .._utils.device import seeded
+from .groups import (
+    MIN_CELLS,
+    as_list,
+    check_options,
+    group_labels,
+    group_rows,
+    shared_batches,
+)
+from .shrinkage import ShrunkEffects, shrink
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GroupPosterior", "compare_groups", "differential_expression", "group_posterior"]
+
+
+@dataclass(frozen=True)
+class GroupPosterior:
+    """Posterior draws of one group's mean expression, and its observed summaries.
+
+    Attributes
+    ----------
+    draws
+        ``(n_samples, genes)`` draws of the group's mean expression share per gene.
+    raw_mean
+        Observed mean count per cell (over the cells where the gene is observed).
+    frac_nonzero
+        Share of the group's cells (where observed) with a nonzero count.
+    n_cells
+        Cells in the group (all of them, also when fewer were drawn for the posterior).
+    """
+
+    draws: np.ndarray
+    raw_mean: np.ndarray
+    frac_nonzero: np.ndarray
+    n_cells: int
+
+
+def group_posterior(
+    model: SCVAE,
+    data: CountData,
+    rows: np.ndarray,
+    *,
+    batch_codes: list[int] | None,
+    n_samples: int,
+    max_cells: int,
+    seed: int,
+    batch_size: int = 256,
+) -> GroupPosterior:
+    """Posterior draws of the mean expression of the cells ``rows`` of ``data``.
+
+    ``batch_codes``: decode every cell in each of these batches of the model and average
+    (``None``: each cell in its own batch). At most ``max_cells`` cells (a random subset)
+    enter the draws; the observed summaries use all of them.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.asarray(rows)
+    drawn = np.sort(rng.choice(rows, max_cells, replace=False)) if len(rows) > max_cells else rows
+    module = model.module.eval()
+    shape = (n_samples, data.n_genes)
+    corrected, counts, expected = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    totals = np.zeros((n_samples, 1))
+    source = MinibatchSource(data, drawn, batch_size=batch_size, device=model.device)
+    with torch.no_grad(), seeded(seed, model.device):
+        for b, loc, scale in encoded(module, source):
+            n = len(loc)
+            weights = torch.distributions.Exponential(torch.ones(n_samples, n)).sample()
+            weights = weights.to(loc)
+            x = b.x if b.observed is None else b.x * b.observed
+            for s in range(n_samples):
+                z = loc + scale * torch.randn_like(loc)
+                own = _expression(module, z, b, None)
+                shared = own if batch_codes is None else _expression(module, z, b, batch_codes)
+                fitted = own * b.library.unsqueeze(-1)
+                if b.observed is not None:
+                    fitted = fitted * b.observed
+                w = weights[s]
+                corrected[s] += (w @ shared).double().cpu().numpy()
+                counts[s] += (w @ x).double().cpu().numpy()
+                expected[s] += (w @ fitted).double().cpu().numpy()
+            totals += weights.sum(dim=1, keepdim=True).double().cpu().numpy()
+    # The model's batch-corrected mean, times the group's observed over its expected counts
+    # (both as measured, same cells, same weights): the data correct the decoder where it is
+    # off, and the counts' own noise enters the posterior.
+    ratio = np.divide(counts, expected, out=np.ones(shape), where=expected > 0)
+    raw_mean, frac_nonzero = _observed_summaries(data, rows)
+    return GroupPosterior(corrected / totals * ratio, raw_mean, frac_nonzero, len(rows))
+
+
+def _expression(module, z: torch.Tensor, b, batch_codes: list[int] | None) -> torch.Tensor:
+    """Each cell's expected share of counts per gene, averaged over ``batch_codes``."""
+    ones = torch.ones_like(b.library)
+    if batch_codes is None:
+        return module.decode(z, ones, b.batch_index, covariates=b.covariates).mean
+    total = 0.0
+    for code in batch_codes:
+        batches = torch.full_like(b.batch_index, code)
+        total = total + module.decode(z, ones, batches, covariates=b.covariates).mean
+    return total / len(batch_codes)
+
+
+def _observed_summaries(data: CountData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean count and share of nonzero counts per gene over the observed entries of ``rows``."""
+    counts = data.counts[rows]
+    n_observed = np.full(data.n_genes, float(len(rows)))
+    if data.missing is not None:
+        n_observed -= np.asarray(data.missing[rows].sum(axis=0)).ravel()
+    n_observed = np.maximum(n_observed, 1.0)
+    total = np.asarray(counts.sum(axis=0)).ravel()
+    nonzero = np.asarray((counts > 0).sum(axis=0)).ravel()
+    return total / n_observed, nonzero / n_observed
+
+
+def compare_groups(
+    first: GroupPosterior,
+    second: GroupPosterior,
+    *,
+    depth: float,
+    delta: float,
+    fdr: float,
+    pseudocount: float,
+    gene_names: list[str],
+) -> pd.DataFrame:
+    """The table of :func:`differential_expression` from two groups' posteriors."""
+    posterior, mean1, mean2 = lfc_posterior(first, second, depth=depth, pseudocount=pseudocount)
+    proba_de = np.clip(posterior.proba_beyond(delta), 0.0, 1.0)
+    lfdr = 1.0 - proba_de
+    table = pd.DataFrame(
+        {
+            "lfc_mean": posterior.mean(),
+            "lfc_median": posterior.quantile(0.5),
+            "lfc_std": posterior.sd(),
+            "proba_de": proba_de,
+            "proba_not_de": lfdr,
+            "proba_up": np.clip(1.0 - posterior.cdf(0.0), 0.0, 1.0),
+            "bayes_factor": bayes_factor(proba_de),
+            "expected_fdr": expected_fdr(lfdr),
+            "mean1": mean1,
+            "mean2": mean2,
+            "raw_mean1": first.raw_mean,
+            "raw_mean2": second.raw_mean,
+            "frac_nonzero1": first.frac_nonzero,
+            "frac_nonzero2": second.frac_nonzero,
+        },
+        index=pd.Index(gene_names, name="gene"),
+    )
+    table.insert(table.columns.get_loc("expected_fdr") + 1, "is_de", table["expected_fdr"] <= fdr)
+    order = np.lexsort((-table["lfc_mean"].abs().to_numpy(), lfdr))
+    return table.iloc[order]
+
+
+def lfc_posterior(
+    first: GroupPosterior, second: GroupPosterior, *, depth: float, pseudocount: float
+) -> tuple[ShrunkEffects, np.ndarray, np.ndarray]:
+    """The shrunk posterior of each gene's log2 fold change of ``first`` over ``second``,
+    and the two groups' posterior mean expression (counts per cell at ``depth``)."""
+    mean1, mean2 = first.draws * depth, second.draws * depth
+    lfc = np.log2(mean1 + pseudocount) - np.log2(mean2 + pseudocount)
+    # The draws give each gene's estimate and its uncertainty; the prior shared by all genes
+    # (most of which do not change) turns them into posterior probabilities.
+    posterior = shrink(lfc.mean(axis=0), lfc.std(axis=0))
+    return posterior, mean1.mean(axis=0), mean2.mean(axis=0)
+
+
+def bayes_factor(proba: np.ndarray) -> np.ndarray:
+    """Natural log of ``proba / (1 - proba)``, kept within ``[1e-12, 1 - 1e-12]``.
+
+    With prior odds 1 this is the log Bayes factor of the event against its complement.
+
+    Examples
+    --------
+    >>> bayes_factor(np.array([0.5, 0.9])).round(2)
+    array([0. , 2.2])
+    """
+    p = np.clip(proba, 1e-12, 1.0 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def expected_fdr(lfdr: np.ndarray) -> np.ndarray:
+    """Per gene, the posterior expected false discovery rate of selecting every gene whose
+    local false discovery rate (``1 - proba_de``) is at most its own.
+
+    Selecting the genes with ``expected_fdr <= fdr`` is the largest selection whose
+    expected share of false discoveries is at most ``fdr``.
+
+    Examples
+    --------
+    >>> expected_fdr(np.array([0.0, 0.2, 0.1, 0.9]))
+    array([0.  , 0.1 , 0.05, 0.3 ])
+    """
+    order = np.argsort(lfdr, kind="stable")
+    sorted_lfdr = lfdr[order]
+    running = np.cumsum(sorted_lfdr) / np.arange(1, len(lfdr) + 1)
+    # Ties share the rate of the whole tie (a selection takes all of them or none).
+    last_of_tie = np.searchsorted(sorted_lfdr, sorted_lfdr, side="right") - 1
+    out = np.empty_like(running)
+    out[order] = running[last_of_tie]
+    return out
+
+
+def differential_expression(
+    adata: AnnData,
+    model: SCVAE,
+    groupby: str,
+    group1: str | list[str],
+    group2: str | list[str] | None = None,
+    *,
+    delta: float = 0.25,
+    fdr: float = 0.05,
+    batch_correction: bool = True,
+    pseudocount: float = 0.1,
+    n_samples: int = 100,
+    max_cells: int = 2000,
+    layer: str | type | None = ...,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Genes whose mean expression differs between two groups of cells, from the model.
+
+    For each gene, the posterior of the log2 fold change between the two groups' population
+    mean expression (the module docstring of ``scvae._tools.differential`` and
+    ``docs/differential_expression.md`` say how it is computed), and the genes selected at
+    a posterior expected false discovery rate. ``adata`` is not modified.
+
+    Parameters
+    ----------
+    adata
+        Cells with the model's genes (matched by name) and the ``groupby`` column.
+    model
+        A fitted model.
+    groupby
+        Column of ``adata.obs`` that holds the groups.
+    group1, group2
+        One value (or a list of values) of ``groupby`` each; ``group2=None``: every other
+        cell with a value ("the rest"). Cells with no value (NaN) are in neither group.
+        Each group needs at least 10 cells.
+    delta
+        Smallest absolute log2 fold change that counts as a difference (0.25: 19 %).
+    fdr
+        Expected false discovery rate of the genes flagged ``is_de``.
+    batch_correction
+        Evaluate the expression of both groups in each batch they share (the average over
+        those batches), so that a difference in how the groups spread over batches is not
+        reported as a difference between the groups. ``False``: each cell in its own batch.
+    pseudocount
+        Added to both means (expected counts per cell at the median depth) before the ratio.
+    n_samples
+        Posterior draws.
+    max_cells
+        At most this many cells per group (a random subset) enter the draws.
+    layer
+        Where the counts are; default: as for the fit.
+    seed
+        Seed of the draws and the subset; the caller's random state is restored.
+    batch_size
+        Cells per forward pass.
+
+    Returns
+    -------
+    One row per gene, the most certain first: ``lfc_mean``, ``lfc_median``, ``lfc_std``
+    (log2 fold change of group1 over group2), ``proba_de`` (posterior probability that
+    ``|lfc| > delta``), ``proba_not_de``, ``proba_up`` (that ``lfc > 0``), ``bayes_factor``
+    (natural log), ``expected_fdr``, ``is_de``, ``mean1``/``mean2`` (expected counts per
+    cell at the median depth, batch-corrected), ``raw_mean1``/``raw_mean2`` (observed mean
+    counts), ``frac_nonzero1``/``frac_nonzero2``.
+
+    Examples
+    --------
+    >>> de = scvae.differential_expression(  # doctest: +SKIP
+    ...     adata, model, groupby="cell_type", group1="B", group2="CD14 Mono"
+    ... )
+    >>> de[de.is_de & (de.lfc_mean > 0)].head()  # doctest: +SKIP
+    """
+    check_options(
+        delta=delta,
+        fdr=fdr,
+        pseudocount=pseudocount,
+        n_samples=n_samples,
+        max_cells=max_cells,
+        batch_correction=batch_correction,
+    )
+    labels = group_labels(adata, groupby)
+    rows1 = group_rows(labels, group1, groupby, "group1")
+    if group2 is None:
+        rest = labels.notna().to_numpy() & ~labels.isin(labels.iloc[rows1].unique()).to_numpy()
+        rows2 = np.flatnonzero(rest)
+        if len(rows2) < MIN_CELLS:
+            raise ValueError(
+                f"the rest of the cells (not in group1) are {len(rows2)}: at least "
+                f"{MIN_CELLS} are needed"
+            )
+    else:
+        rows2 = group_rows(labels, group2, groupby, "group2")
+        if set(as_list(group1)) & set(as_list(group2)):
+            raise ValueError(
+                f"group1 ({group1!r}) and group2 ({group2!r}) share values of {groupby!r}: "
+                "the groups must be different cells"
+            )
+    data = model.prepare(adata, layer=layer)
+    codes = shared_batches(model, data, rows1, rows2, batch_correction)
+    depth = float(np.median(data.library[np.concatenate([rows1, rows2])]))
+    options = {"n_samples": n_samples, "max_cells": max_cells, "batch_size": batch_size}
+    first = group_posterior(model, data, rows1, batch_codes=codes, seed=seed, **options)
+    second = group_posterior(model, data, rows2, batch_codes=codes, seed=seed + 1, **options)
+    return compare_groups(
+        first,
+        second,
+        depth=depth,
+        delta=delta,
+        fdr=fdr,
+        pseudocount=pseudocount,
+        gene_names=data.gene_names,
+    )

@@ -1,0 +1,143 @@
+"""Differential expression from the model: calls against a known truth, and scanpy's format.
+
+One model is fitted on simulated counts of two conditions with known DE genes (log2 fold
+change 1), two batches the conditions spread over unequally, and unequal depth, plus two
+genes made by hand with the same 9-fold ratio: one at a tiny mean, one at a moderate mean.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+from scipy.special import ndtr
+from sklearn.metrics import average_precision_score
+
+import scvae
+from scvae._tools.shrinkage import shrink
+
+from .fingerprint import changed, fingerprint
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def de_fit():
+    adata = scvae.datasets.simulate_differential(
+        n_cells=1500, n_genes=300, log2_folds=(1.0,), seed=0
+    )
+    rng = np.random.default_rng(1)
+    depth = np.asarray(adata.X.sum(axis=1)).ravel() / 2000
+    in_b = (adata.obs["condition"] == "B").to_numpy()
+    # Same 9-fold ratio, at 0.002 -> 0.018 and at 0.2 -> 1.8 counts per cell.
+    tiny = rng.poisson(depth * np.where(in_b, 0.018, 0.002))
+    moderate = rng.poisson(depth * np.where(in_b, 1.8, 0.2))
+    extra = sp.csr_matrix(np.stack([tiny, moderate], axis=1).astype(np.float32))
+    var = pd.concat([adata.var, pd.DataFrame({"is_de": [True, True]}, index=["tiny", "moderate"])])
+    adata = ad.AnnData(sp.hstack([adata.X, extra]).tocsr(), obs=adata.obs, var=var)
+    model = scvae.fit(adata, batch_key="batch", max_epochs=100, progress=False, seed=0)
+    return adata, model
+
+
+def test_true_de_genes_rank_first_and_the_fdr_holds(de_fit):
+    adata, model = de_fit
+    before = fingerprint(adata)
+    de = scvae.differential_expression(adata, model, "condition", "B", "A", fdr=0.05)
+    assert not changed(before, fingerprint(adata))
+    truth = adata.var.loc[de.index, "is_de"].astype(bool)
+    assert average_precision_score(truth, de["proba_de"]) > 0.9
+    called = de["is_de"]
+    assert called.sum() >= 0.8 * truth.sum()
+    assert (called & ~truth).sum() / called.sum() <= 0.05
+    # The sign: genes up in B have lfc_mean > 0 and proba_up near 1.
+    true_lfc = adata.var.loc[de.index, "true_lfc"]
+    up = called & (true_lfc > 0)
+    assert (de.loc[up, "lfc_mean"] > 0).all() and (de.loc[up, "proba_up"] > 0.9).all()
+
+
+def test_a_tiny_gene_is_not_called_whatever_its_ratio(de_fit):
+    adata, model = de_fit
+    de = scvae.differential_expression(adata, model, "condition", "B", "A")
+    tiny, moderate = de.loc["tiny"], de.loc["moderate"]
+    assert tiny["raw_mean1"] > 3 * tiny["raw_mean2"]  # a large ratio in the data
+    assert not tiny["is_de"] and abs(tiny["lfc_mean"]) < 0.25
+    assert moderate["is_de"] and moderate["lfc_mean"] > 1.5
+
+
+def test_random_halves_of_one_group_select_almost_nothing(de_fit):
+    adata, model = de_fit
+    a = adata.copy()
+    rows = np.flatnonzero((a.obs["condition"] == "A").to_numpy())
+    halves = np.random.default_rng(2).permutation(rows)
+    a.obs["half"] = pd.Categorical(np.full(a.n_obs, None, dtype=object))
+    a.obs["half"] = a.obs["half"].cat.add_categories(["h1", "h2"])
+    a.obs.iloc[halves[: len(rows) // 2], a.obs.columns.get_loc("half")] = "h1"
+    a.obs.iloc[halves[len(rows) // 2 :], a.obs.columns.get_loc("half")] = "h2"
+    de = scvae.differential_expression(a, model, "half", "h1", "h2", fdr=0.05)
+    assert de["is_de"].sum() <= 0.05 * a.n_vars
+
+
+def test_batch_correction_removes_a_pure_batch_difference(de_fit):
+    adata, model = de_fit
+    a = adata.copy()
+    rows = np.flatnonzero((a.obs["condition"] == "A").to_numpy())
+    batch = a.obs["batch"].to_numpy()[rows]
+    first, second = rows[batch == "batch_0"], rows[batch == "batch_1"]
+    cut0, cut1 = int(0.8 * len(first)), int(0.2 * len(second))
+    mix = np.full(a.n_obs, "other", dtype=object)
+    mix[np.r_[first[:cut0], second[:cut1]]] = "mostly_0"
+    mix[np.r_[first[cut0:], second[cut1:]]] = "mostly_1"
+    a.obs["mix"] = pd.Categorical(mix)
+    corrected = scvae.differential_expression(a, model, "mix", "mostly_0", "mostly_1")
+    as_measured = scvae.differential_expression(
+        a, model, "mix", "mostly_0", "mostly_1", batch_correction=False
+    )
+    assert corrected["is_de"].sum() <= 0.05 * a.n_vars
+    assert as_measured["is_de"].sum() >= 10  # the batch effect is there to be removed
+
+
+def test_same_seed_same_numbers(de_fit):
+    adata, model = de_fit
+    one = scvae.differential_expression(adata, model, "condition", "B", "A", seed=3)
+    two = scvae.differential_expression(adata, model, "condition", "B", "A", seed=3)
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_rank_genes_groups_is_read_by_scanpy(de_fit):
+    adata, model = de_fit
+    a = adata.copy()
+    scvae.rank_genes_groups(a, model, "condition", n_genes=50)
+    result = a.uns["scvae_rank_genes_groups"]
+    assert result["names"].dtype.names == ("A", "B") and len(result["names"]) == 50
+    table = sc.get.rank_genes_groups_df(a, group="B", key="scvae_rank_genes_groups")
+    assert list(table.columns[:5]) == ["names", "scores", "logfoldchanges", "pvals", "pvals_adj"]
+    # The top 10 markers of B (of about 15 genes up in B) are truly up in B; the scores are
+    # sorted as scanpy expects.
+    top = table.head(10)
+    true_lfc = a.var["true_lfc"].reindex(top["names"]).fillna(3.0)  # 'moderate' is up in B
+    assert (true_lfc > 0.5).all()
+    assert (np.diff(table["scores"].to_numpy()) <= 0).all()
+    assert (table["pvals_adj"].head(10) <= 0.05).all()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    sc.pl.rank_genes_groups_dotplot(a, key="scvae_rank_genes_groups", n_genes=3, show=False)
+    sc.pl.rank_genes_groups(a, key="scvae_rank_genes_groups", n_genes=5, show=False)
+
+
+def test_shrinkage_leaves_large_effects_and_removes_noise():
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.zeros(900), rng.choice([-1.0, 1.0], 100)]
+    se = rng.uniform(0.05, 0.3, 1000)
+    estimate = truth + rng.normal(0, se)
+    posterior = shrink(estimate, se)
+    proba = posterior.proba_beyond(0.25)
+    # The likelihood alone (no shared prior) gives null genes far more probability of a change.
+    alone = ndtr((estimate - 0.25) / se) + ndtr((-0.25 - estimate) / se)
+    assert proba[:900].mean() < 0.05 < alone[:900].mean()
+    assert (proba[:900] > 0.5).sum() < (alone[:900] > 0.5).sum()
+    assert np.median(proba[900:]) > 0.95
+    assert abs(np.median(np.abs(posterior.mean()[900:])) - 1.0) < 0.1

@@ -82,54 +82,50 @@ def group_posterior(
 ) -> GroupPosterior:
     """Posterior draws of the mean expression of the cells ``rows`` of ``data``.
 
-    ``batch_codes``: decode every cell in each of these batches of the model and average
-    (``None``: each cell in its own batch). At most ``max_cells`` cells (a random subset)
-    enter the draws; the observed summaries use all of them.
+    ``batch_codes``: the mean over these batches of the model of every cell's expression
+    decoded in that batch (``None``: each cell in its own batch). At most ``max_cells``
+    cells (a random subset) enter the draws; the observed summaries use all of them.
     """
     rng = np.random.default_rng(seed)
     rows = np.asarray(rows)
     drawn = np.sort(rng.choice(rows, max_cells, replace=False)) if len(rows) > max_cells else rows
     module = model.module.eval()
-    shape = (n_samples, data.n_genes)
-    corrected, counts, expected = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    totals = np.zeros((n_samples, 1))
+    strata = [None] if batch_codes is None else list(batch_codes)
+    shape = (n_samples, len(strata), data.n_genes)
+    decoded, counts, expected = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    totals = np.zeros((n_samples, 1, 1))
     source = MinibatchSource(data, drawn, batch_size=batch_size, device=model.device)
     with torch.no_grad(), seeded(seed, model.device):
         for b, loc, scale in encoded(module, source):
-            n = len(loc)
-            weights = torch.distributions.Exponential(torch.ones(n_samples, n)).sample()
+            weights = torch.distributions.Exponential(torch.ones(n_samples, len(loc))).sample()
             weights = weights.to(loc)
             x = b.x if b.observed is None else b.x * b.observed
+            ones = torch.ones_like(b.library)
             for s in range(n_samples):
                 z = loc + scale * torch.randn_like(loc)
-                own = _expression(module, z, b, None)
-                shared = own if batch_codes is None else _expression(module, z, b, batch_codes)
-                fitted = own * b.library.unsqueeze(-1)
-                if b.observed is not None:
-                    fitted = fitted * b.observed
                 w = weights[s]
-                corrected[s] += (w @ shared).double().cpu().numpy()
-                counts[s] += (w @ x).double().cpu().numpy()
-                expected[s] += (w @ fitted).double().cpu().numpy()
-            totals += weights.sum(dim=1, keepdim=True).double().cpu().numpy()
-    # The model's batch-corrected mean, times the group's observed over its expected counts
-    # (both as measured, same cells, same weights): the data correct the decoder where it is
-    # off, and the counts' own noise enters the posterior.
+                for k, code in enumerate(strata):
+                    batches = (
+                        b.batch_index if code is None else torch.full_like(b.batch_index, code)
+                    )
+                    share = module.decode(z, ones, batches, covariates=b.covariates).mean
+                    # The cells measured in this batch, as measured: observed and expected counts.
+                    here = w if code is None else w * (b.batch_index == code)
+                    fitted = share * b.library.unsqueeze(-1)
+                    if b.observed is not None:
+                        fitted = fitted * b.observed
+                    decoded[s, k] += (w @ share).double().cpu().numpy()
+                    counts[s, k] += (here @ x).double().cpu().numpy()
+                    expected[s, k] += (here @ fitted).double().cpu().numpy()
+            totals += weights.sum(dim=1).double().cpu().numpy()[:, None, None]
+    # In each batch, the model's mean of the group decoded there, times the group's observed
+    # over expected counts in that batch (same cells, same weights): the data correct the
+    # decoder where it is off (also in how it took the batch effect), and the counts' own
+    # noise enters the posterior. Then the mean over the batches.
     ratio = np.divide(counts, expected, out=np.ones(shape), where=expected > 0)
+    draws = (decoded / totals * ratio).mean(axis=1)
     raw_mean, frac_nonzero = _observed_summaries(data, rows)
-    return GroupPosterior(corrected / totals * ratio, raw_mean, frac_nonzero, len(rows))
-
-
-def _expression(module, z: torch.Tensor, b, batch_codes: list[int] | None) -> torch.Tensor:
-    """Each cell's expected share of counts per gene, averaged over ``batch_codes``."""
-    ones = torch.ones_like(b.library)
-    if batch_codes is None:
-        return module.decode(z, ones, b.batch_index, covariates=b.covariates).mean
-    total = 0.0
-    for code in batch_codes:
-        batches = torch.full_like(b.batch_index, code)
-        total = total + module.decode(z, ones, batches, covariates=b.covariates).mean
-    return total / len(batch_codes)
+    return GroupPosterior(draws, raw_mean, frac_nonzero, len(rows))
 
 
 def _observed_summaries(data: CountData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,9 @@ from .shrinkage import ShrunkEffects, shrink
 
 logger = logging.getLogger(__name__)
 
+#: Rows x genes of one forward pass over several posterior draws (memory: 4 bytes each).
+DRAW_ROWS = 4_000_000
+
 __all__ = ["GroupPosterior", "compare_groups", "differential_expression", "group_posterior"]
 
 
@@ -100,23 +103,31 @@ def group_posterior(
             weights = torch.distributions.Exponential(torch.ones(n_samples, len(loc))).sample()
             weights = weights.to(loc)
             x = b.x if b.observed is None else b.x * b.observed
-            ones = torch.ones_like(b.library)
-            for s in range(n_samples):
-                z = loc + scale * torch.randn_like(loc)
-                w = weights[s]
+            n, genes = b.x.shape
+            # Several draws in one forward pass: (draws x cells) rows.
+            step = max(1, min(n_samples, DRAW_ROWS // max(n * genes, 1)))
+            for first in range(0, n_samples, step):
+                k_draws = min(step, n_samples - first)
+                w = weights[first : first + k_draws]  # (draws, cells)
+                eps = torch.randn((k_draws, *loc.shape), dtype=loc.dtype, device=loc.device)
+                z = (loc + scale * eps).reshape(k_draws * n, -1)
+                covariates = None if b.covariates is None else b.covariates.repeat(k_draws, 1)
+                ones = torch.ones(k_draws * n, dtype=loc.dtype, device=loc.device)
                 for k, code in enumerate(strata):
-                    batches = (
-                        b.batch_index if code is None else torch.full_like(b.batch_index, code)
-                    )
-                    share = module.decode(z, ones, batches, covariates=b.covariates).mean
-                    # The cells measured in this batch, as measured: observed and expected counts.
+                    batches = b.batch_index.repeat(k_draws)
+                    if code is not None:
+                        batches = torch.full_like(batches, code)
+                    share = module.decode(z, ones, batches, covariates=covariates).mean
+                    share = share.reshape(k_draws, n, genes)
+                    # The cells measured in this batch, as measured: observed and expected.
                     here = w if code is None else w * (b.batch_index == code)
-                    fitted = share * b.library.unsqueeze(-1)
+                    fitted = share * b.library[:, None]
                     if b.observed is not None:
                         fitted = fitted * b.observed
-                    decoded[s, k] += (w @ share).double().cpu().numpy()
-                    counts[s, k] += (here @ x).double().cpu().numpy()
-                    expected[s, k] += (here @ fitted).double().cpu().numpy()
+                    part = slice(first, first + k_draws)
+                    decoded[part, k] += _weighted(w, share)
+                    counts[part, k] += (here @ x).double().cpu().numpy()
+                    expected[part, k] += _weighted(here, fitted)
             totals += weights.sum(dim=1).double().cpu().numpy()[:, None, None]
     # In each batch, the model's mean of the group decoded there, times the group's observed
     # over expected counts in that batch (same cells, same weights): the data correct the
@@ -126,6 +137,11 @@ def group_posterior(
     draws = (decoded / totals * ratio).mean(axis=1)
     raw_mean, frac_nonzero = _observed_summaries(data, rows)
     return GroupPosterior(draws, raw_mean, frac_nonzero, len(rows))
+
+
+def _weighted(weights: torch.Tensor, values: torch.Tensor) -> np.ndarray:
+    """Per draw, the weighted sum over cells: ``(draws, cells) x (draws, cells, genes)``."""
+    return torch.einsum("dc,dcg->dg", weights, values).double().cpu().numpy()
 
 
 def _observed_summaries(data: CountData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -181,6 +181,13 @@ def _check_output(out: Path | None, source: Path, *, overwrite: bool = False) ->
             )
     if not out.parent.exists():
         raise FileNotFoundError(f"the folder of {out} does not exist: create it first")
+    if not out.parent.is_dir():
+        raise NotADirectoryError(f"{out} cannot be written: {out.parent} is a file, not a folder")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{out} cannot be written: no permission to write in the folder {out.parent}; "
+            "choose another path"
+        )
 
 
 def _is_scvae_embedding(path: Path) -> bool:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 import scvae
+import scvae._cli  # the K rows patch it
 from scvae._data.memory import prepare_counts
 from scvae._train.loop import NonFiniteLossError
 
@@ -666,7 +669,7 @@ def _(env):
     expect_error(
         a,
         ValueError,
-        r"n_samples must be at least 1, got 0",
+        r"n_samples must be a positive integer, got 0",
         env.model.log_likelihood,
         a,
         n_samples=0,
@@ -775,7 +778,7 @@ def _(env):
     expect_error(
         a,
         ValueError,
-        r"n_samples must be at least 1, got 0",
+        r"n_samples must be a positive integer, got 0",
         scvae.impute,
         a,
         env.model,
@@ -1109,7 +1112,7 @@ def _(env):
 
 @case("G02")
 def _(env):
-    with pytest.raises(ValueError, match=r"n_cells must be a positive integer, got 2\.5"):
+    with pytest.raises(TypeError, match=r"n_cells must be an integer, got float 2\.5"):
         scvae.generate(env.model, 2.5)
 
 
@@ -1172,7 +1175,7 @@ def _(env):
 
 @case("G09")
 def _(env):
-    with pytest.raises(ValueError, match="chunk_size must be positive"):
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer, got 0"):
         scvae.generate(env.model, 5, chunk_size=0)
 
 
@@ -1908,6 +1911,738 @@ def _(env):
     with pytest.raises(ValueError, match=r"adata is a view .*rank_genes_groups writes adata.uns"):
         scvae.rank_genes_groups(view, env.model, "cell_type")
     assert "scvae_rank_genes_groups" not in a.uns
+
+
+# -- issue 21, second pass: every option of the other public functions, paths, keys ----------
+def labelled_model(env: Env) -> scvae.SCVAE:
+    return fit(env.adata(), batch_key="batch", labels_key="cell_type", balance="labels")
+
+
+def each_error(target, cases) -> None:
+    """``expect_error`` for each ``(error, match, call, kwargs)`` of ``cases``."""
+    for error, match, call, kwargs in cases:
+        expect_error(target, error, match, call, target, **kwargs)
+
+
+@case("F65")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a, ValueError, r"seed must be an integer in \[0, 2\*\*64\), got -1", fit, a, seed=-1
+    )
+
+
+@case("F66")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a, ValueError, r"key_added='a/b' holds '/': h5ad files cannot", fit, a, key_added="a/b"
+    )
+
+
+@case("F67")
+def _(env):
+    a = env.adata()
+    a.obsm["X_pca"] = np.ones((a.n_obs, 5), dtype=np.float32)
+    a.uns["pca"] = {"variance_ratio": np.ones(5)}  # what scanpy's pca writes, in short
+    env.monkeypatch.setattr(sys.modules["scvae._fit.fit"], "fit_counts", None)  # no training
+    expect_error(
+        a,
+        ValueError,
+        r"adata.uns\['pca'\] exists and is not the record of an scvae fit .* choose another "
+        r"key_added",
+        fit,
+        a,
+        key_added="pca",
+    )
+
+
+@case("F68")
+def _(env):
+    a = env.adata()
+    a.obsm["X_scvae"] = np.zeros((a.n_obs, 3), dtype=np.float32)
+    fit(a)
+    assert a.obsm["X_scvae"].shape == (a.n_obs, 10)
+    assert "adata.obsm['X_scvae'] exists without the record of an scvae fit" in env.caplog.text
+
+
+@case("F69")
+def _(env):
+    a = env.adata()
+    fit(a)
+    path = env.tmp / "fitted.h5ad"
+    a.write_h5ad(path)
+    b = ad.read_h5ad(path)
+    env.caplog.clear()
+    fit(b, seed=1)
+    assert b.uns["scvae"]["settings"]["seed"] == 1
+    assert "exists" not in env.caplog.text
+
+
+@case("E17")
+def _(env):
+    a = env.adata()
+    m = env.model
+    each_error(
+        a,
+        [
+            (
+                TypeError,
+                r"batch_size must be an integer, got float 2\.5",
+                m.embed,
+                {"batch_size": 2.5},
+            ),
+            (
+                TypeError,
+                r"batch_size must be an integer, got bool True",
+                m.embed,
+                {"batch_size": True},
+            ),
+            (
+                TypeError,
+                r"batch_size must be an integer, got str '64'",
+                m.embed,
+                {"batch_size": "64"},
+            ),
+            (
+                TypeError,
+                r"batch_size must be an integer, got NoneType",
+                m.embed,
+                {"batch_size": None},
+            ),
+            (
+                TypeError,
+                r"batch_size must be an integer, got float nan",
+                m.embed,
+                {"batch_size": np.nan},
+            ),
+        ],
+    )
+
+
+@case("E18")
+def _(env):
+    a = env.adata()
+    ll = env.model.log_likelihood
+    each_error(
+        a,
+        [
+            (TypeError, r"n_samples must be an integer, got float 2\.5", ll, {"n_samples": 2.5}),
+            (TypeError, r"n_samples must be an integer, got bool True", ll, {"n_samples": True}),
+            (TypeError, r"n_samples must be an integer, got str '5'", ll, {"n_samples": "5"}),
+            (TypeError, r"batch_size must be an integer, got float 2\.5", ll, {"batch_size": 2.5}),
+        ],
+    )
+
+
+@case("E19")
+def _(env):
+    a = env.adata()
+    m = env.model
+    each_error(
+        a,
+        [
+            (
+                ValueError,
+                r"seed must be an integer in \[0, 2\*\*64\), got -1",
+                m.elbo,
+                {"seed": -1},
+            ),
+            (TypeError, r"seed must be an integer, got str '1'", m.elbo, {"seed": "1"}),
+            (
+                TypeError,
+                r"seed must be an integer, got NoneType",
+                m.log_likelihood,
+                {"seed": None},
+            ),
+            (
+                TypeError,
+                r"seed must be an integer, got float inf",
+                m.log_likelihood,
+                {"seed": np.inf},
+            ),
+        ],
+    )
+
+
+@case("B08")
+def _(env):
+    model = labelled_model(env)
+    a = env.adata()
+    each_error(
+        a,
+        [
+            (
+                TypeError,
+                r"probabilities must be True or False, got str 'yes'",
+                model.predict_labels,
+                {"probabilities": "yes"},
+            ),
+            (
+                TypeError,
+                r"batch_size must be an integer, got float 2\.5",
+                model.predict_labels,
+                {"batch_size": 2.5},
+            ),
+        ],
+    )
+
+
+@case("I18")
+def _(env):
+    a = with_holes(env)
+    each_error(
+        a,
+        [
+            (
+                TypeError,
+                r"n_samples must be an integer, got float 2\.5",
+                scvae.impute,
+                {"model": env.model, "n_samples": 2.5},
+            ),
+            (
+                TypeError,
+                r"n_samples must be an integer, got bool True",
+                scvae.impute,
+                {"model": env.model, "n_samples": True},
+            ),
+            (
+                TypeError,
+                r"n_samples must be an integer, got str '5'",
+                scvae.impute,
+                {"model": env.model, "n_samples": "5"},
+            ),
+        ],
+    )
+
+
+@case("I19")
+def _(env):
+    a = with_holes(env)
+    each_error(
+        a,
+        [
+            (
+                TypeError,
+                r"batch_size must be an integer, got float 2\.5",
+                scvae.impute,
+                {"model": env.model, "batch_size": 2.5},
+            ),
+            (
+                ValueError,
+                r"batch_size must be a positive integer, got 0",
+                scvae.impute,
+                {"method": "mean", "batch_size": 0},
+            ),
+        ],
+    )
+
+
+@case("I20")
+def _(env):
+    a = with_holes(env)
+    each_error(
+        a,
+        [
+            (
+                TypeError,
+                r"interval must be a number, got str '0\.9'",
+                scvae.impute,
+                {"model": env.model, "interval": "0.9"},
+            ),
+            (
+                ValueError,
+                r"interval must be a finite number, got nan",
+                scvae.impute,
+                {"model": env.model, "interval": np.nan},
+            ),
+            (
+                TypeError,
+                r"interval must be a number, got bool True",
+                scvae.impute,
+                {"model": env.model, "interval": True},
+            ),
+        ],
+    )
+
+
+@case("I21")
+def _(env):
+    a = with_holes(env)
+    each_error(
+        a,
+        [
+            (
+                ValueError,
+                r"seed must be an integer in \[0, 2\*\*64\), got -1",
+                scvae.impute,
+                {"method": "random", "seed": -1},
+            ),
+            (
+                TypeError,
+                r"seed must be an integer, got float 2\.5",
+                scvae.impute,
+                {"model": env.model, "seed": 2.5},
+            ),
+        ],
+    )
+
+
+@case("I22")
+def _(env):
+    a = with_holes(env)
+    each_error(
+        a,
+        [
+            (
+                ValueError,
+                r"key_added must be a non-empty string, got ''",
+                scvae.impute,
+                {"model": env.model, "key_added": ""},
+            ),
+            (
+                TypeError,
+                r"key_added must be a non-empty string, got NoneType None",
+                scvae.impute,
+                {"model": env.model, "key_added": None},
+            ),
+            (
+                TypeError,
+                r"key_added must be a non-empty string, got int 5",
+                scvae.impute,
+                {"model": env.model, "key_added": 5},
+            ),
+            (
+                ValueError,
+                r"key_added='a/b' holds '/'",
+                scvae.impute,
+                {"model": env.model, "key_added": "a/b"},
+            ),
+        ],
+    )
+
+
+@case("I23")
+def _(env):
+    a = with_holes(env)
+    a.layers["scvae_imputed"] = a.X.copy()  # the user's counts, in a layer of that name
+    expect_error(
+        a,
+        ValueError,
+        r"key_added would write adata.layers\['scvae_imputed'\], the layer this call reads",
+        scvae.impute,
+        a,
+        env.model,
+        layer="scvae_imputed",
+    )
+
+
+@case("I24")
+def _(env):
+    a = with_holes(env)
+    scvae.impute(a, env.model, n_samples=3)
+    first = a.layers["scvae_imputed"].copy()
+    env.caplog.clear()
+    scvae.impute(a, env.model, n_samples=3, seed=1)
+    assert (
+        "replaced 'scvae_imputed' (adata.layers), the result of an earlier call" in env.caplog.text
+    )
+    assert not np.array_equal(first, a.layers["scvae_imputed"], equal_nan=True)
+    b = env.adata()
+    scvae.denoise(b, env.model)
+    env.caplog.clear()
+    scvae.denoise(b, env.model, library_size=100.0)
+    assert "replaced 'scvae_denoised'" in env.caplog.text
+
+
+@case("I25")
+def _(env):
+    a = with_holes(env)
+    path = str(env.saved())
+    message = r"model must be a fitted scvae model \(scvae.fit or scvae.load\), got str \(load"
+    expect_error(a, TypeError, message, scvae.impute, a, path)
+    expect_error(a, TypeError, message, scvae.denoise, a, path)
+    expect_error(a, TypeError, r"got NoneType", scvae.denoise, a, None)
+
+
+@case("I26")
+def _(env):
+    a = env.adata()
+    for value in (0, -1.0, np.nan, np.inf):
+        expect_error(
+            a,
+            ValueError,
+            rf"library_size must be a finite number > 0, got {value!r}",
+            scvae.denoise,
+            a,
+            env.model,
+            library_size=value,
+        )
+    expect_error(
+        a,
+        TypeError,
+        r"library_size must be a number, got str",
+        scvae.denoise,
+        a,
+        env.model,
+        library_size="1e4",
+    )
+
+
+@case("I27")
+def _(env):
+    a = env.adata()
+    each_error(
+        a,
+        [
+            (
+                TypeError,
+                r"batch_size must be an integer, got float 2\.5",
+                scvae.denoise,
+                {"model": env.model, "batch_size": 2.5},
+            ),
+            (
+                ValueError,
+                r"key_added must be a non-empty string, got ''",
+                scvae.denoise,
+                {"model": env.model, "key_added": ""},
+            ),
+        ],
+    )
+
+
+@case("I28")
+def _(env):
+    with pytest.raises(TypeError, match=r"expected an AnnData, got ndarray"):
+        scvae.denoise(dense(env), env.model)
+
+
+@case("I29")
+def _(env):
+    a = with_holes(env)
+    pll = scvae.predictive_log_likelihood
+    expect_error(
+        a,
+        TypeError,
+        r"n_samples must be an integer, got float 2\.5",
+        pll,
+        a,
+        env.model,
+        dense(env),
+        n_samples=2.5,
+    )
+    expect_error(
+        a,
+        TypeError,
+        r"truth must be an array or a sparse matrix, got list",
+        pll,
+        a,
+        env.model,
+        dense(env).tolist(),
+    )
+
+
+@case("L22")
+def _(env):
+    path = env.saved()
+    before = (path / "config.json").read_bytes()
+    with pytest.raises(TypeError, match=r"overwrite must be True or False, got str 'no'"):
+        env.model.save(path, overwrite="no")
+    assert (path / "config.json").read_bytes() == before
+
+
+@case("L23")
+def _(env):
+    env.monkeypatch.chdir(env.tmp)
+    for value in (None, 5):
+        with pytest.raises(TypeError, match=r"path must be a str or a pathlib.Path, got"):
+            env.model.save(value)
+        with pytest.raises(TypeError, match=r"path must be a str or a pathlib.Path, got"):
+            scvae.load(value)
+    with pytest.raises(ValueError, match=r"path is empty: give the model folder"):
+        env.model.save("")
+    with pytest.raises(ValueError, match=r"path is empty"):
+        scvae.load("")
+    assert list(env.tmp.iterdir()) == []
+
+
+@case("L24")
+def _(env):
+    mine = env.tmp / "mine"
+    mine.mkdir()
+    (mine / "analysis.csv").write_text("mine")
+    link = env.tmp / "link"
+    link.symlink_to(mine)
+    with pytest.raises(FileExistsError, match=r"mine is not an scvae model folder"):
+        env.model.save(link, overwrite=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["analysis.csv"]
+    assert link.is_symlink()
+
+
+@case("L25")
+def _(env):
+    target = env.tmp / "models" / "m1"
+    target.parent.mkdir()
+    env.model.save(target)
+    link = env.tmp / "current"
+    link.symlink_to(target)
+    other = fit(env.adata(), batch_key="batch", n_latent=3)
+    other.save(link, overwrite=True)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert scvae.load(link).module.n_latent == 3
+    # No leftovers: no temporary or old folder beside the link or beside the target.
+    assert sorted(p.name for p in env.tmp.iterdir()) == ["current", "models"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m1"]
+
+
+@case("L26")
+def _(env):
+    empty = env.tmp / "empty"
+    empty.mkdir()
+    link = env.tmp / "link"
+    link.symlink_to(empty)
+    env.model.save(link)
+    assert link.is_symlink()
+    assert sorted(p.name for p in empty.iterdir()) == ["config.json", "weights.pt"]
+
+
+@case("L27")
+def _(env):
+    loop = env.tmp / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(FileNotFoundError, match=r"loop is a symbolic link loop"):
+        env.model.save(loop)
+    with pytest.raises(FileNotFoundError, match=r"loop is a symbolic link loop"):
+        scvae.load(loop)
+    assert loop.is_symlink()
+
+
+@case("L28")
+def _(env):
+    notes = env.tmp / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(
+        NotADirectoryError, match=r"model cannot be written: .*notes.txt is a file"
+    ):
+        env.model.save(notes / "model")
+    assert notes.read_text() == "mine"
+
+
+def read_only(env: Env, folder: Path, mode: int) -> None:
+    """Make ``folder`` read-only (``mode``); as root, whom permissions do not stop, make the
+    permission check see it as such."""
+    folder.chmod(mode)
+    env.monkeypatch.setattr(
+        "os.access",
+        lambda path, how, _real=os.access: (
+            False if Path(path).absolute() == folder.absolute() else _real(path, how)
+        ),
+    )
+
+
+@case("L29")
+def _(env):
+    ro = env.tmp / "ro"
+    ro.mkdir()
+    read_only(env, ro, 0o555)
+    env.monkeypatch.setattr(torch, "save", None)  # refused before the weights are serialised
+    try:
+        with pytest.raises(PermissionError, match=r"no permission to write in the folder .*ro"):
+            env.model.save(ro / "model")
+        with pytest.raises(PermissionError, match=r"no permission to write in the folder .*ro"):
+            env.model.save(ro / "deeper" / "model")
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == []
+
+
+@case("L30")
+def _(env):
+    path = env.saved()
+    read_only(env, path, 0o000)
+    try:
+        with pytest.raises(
+            PermissionError, match=r"model: no permission to read this model folder"
+        ):
+            scvae.load(path)
+    finally:
+        path.chmod(0o755)
+
+
+@case("K09")
+def _(env):
+    ro = env.tmp / "ro"
+    ro.mkdir()
+    read_only(env, ro, 0o555)
+    env.monkeypatch.setattr(sys.modules["scvae._cli"], "fit", None)  # refused before training
+    try:
+        with pytest.raises(PermissionError, match=r"no permission to write in the folder"):
+            cli("--debug", *fit_args(env, ro / "model"))
+        with pytest.raises(PermissionError, match=r"no permission to write in the folder"):
+            cli("--debug", *fit_args(env, env.tmp / "m", "--embedding", str(ro / "z.npy")))
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == [] and not (env.tmp / "m").exists()
+
+
+@case("K10")
+def _(env):
+    notes = env.tmp / "notes.txt"
+    notes.write_text("mine")
+    env.monkeypatch.setattr(sys.modules["scvae._cli"], "fit", None)
+    with pytest.raises(NotADirectoryError, match=r"notes.txt is a file, not a folder"):
+        cli("--debug", *fit_args(env, env.tmp / "m", "--embedding", str(notes / "z.npy")))
+    with pytest.raises(NotADirectoryError, match=r"notes.txt is a file, not a folder"):
+        cli("--debug", *fit_args(env, notes / "m"))
+    assert notes.read_text() == "mine"
+
+
+@case("G10")
+def _(env):
+    with pytest.raises(TypeError, match=r"chunk_size must be an integer, got float 2\.5"):
+        scvae.generate(env.model, 5, chunk_size=2.5)
+    with pytest.raises(TypeError, match=r"chunk_size must be an integer, got bool True"):
+        scvae.generate(env.model, 5, chunk_size=True)
+
+
+@case("G11")
+def _(env):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\), got -1"):
+        scvae.generate(env.model, 5, seed=-1)
+    with pytest.raises(TypeError, match=r"seed must be an integer, got str '1'"):
+        scvae.generate(env.model, 5, seed="1")
+
+
+@case("G12")
+def _(env):
+    with pytest.raises(TypeError, match=r"progress must be True or False, got str 'no'"):
+        scvae.generate(env.model, 5, progress="no")
+
+
+@case("G13")
+def _(env):
+    a = env.adata()
+    a.obs["batch"] = pd.Categorical(np.where(a.obs["batch"] == "batch_0", 1, 2))
+    model = fit(a, batch_key="batch")
+    cells = scvae.generate(model, 20, batch=1)
+    assert set(cells.obs["batch"]) == {"1"}
+    with pytest.raises(TypeError, match=r"batch must be a name \(a string\), got list"):
+        scvae.generate(model, 5, batch=["1"])
+
+
+@case("G14")
+def _(env):
+    with pytest.raises(TypeError, match=r"model must be a fitted scvae model .*got str"):
+        scvae.generate(str(env.saved()), 5)
+
+
+@case("P04")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        TypeError,
+        r"classifier must be True or False, got str 'no'",
+        scvae.posterior_predictive_check,
+        env.model,
+        a,
+        classifier="no",
+    )
+
+
+@case("P05")
+def _(env):
+    a = env.adata()
+    ppc = scvae.posterior_predictive_check
+    env.monkeypatch.setattr(
+        sys.modules["scvae._tools.ppc"], "_redraw", None
+    )  # refused before drawing
+    expect_error(
+        a, ValueError, r"max_cells must be an integer >= 10, got 5", ppc, env.model, a, max_cells=5
+    )
+    expect_error(
+        a,
+        TypeError,
+        r"max_cells must be an integer, got float nan",
+        ppc,
+        env.model,
+        a,
+        max_cells=np.nan,
+    )
+
+
+@case("P06")
+def _(env):
+    a = env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"labels_key='cell_type' is used by kind='generate' only",
+        scvae.posterior_predictive_check,
+        env.model,
+        a,
+        labels_key="cell_type",
+    )
+
+
+@case("P07")
+def _(env):
+    a = env.adata()[:5].copy()
+    env.monkeypatch.setattr(sys.modules["scvae._tools.ppc"], "_redraw", None)
+    expect_error(
+        a,
+        ValueError,
+        r"adata has 5 cells: the two-sample classifier needs at least 10; pass classifier=False",
+        scvae.posterior_predictive_check,
+        env.model,
+        a,
+    )
+
+
+@case("C05")
+def _(env):
+    a = env.adata()
+    with pytest.raises(
+        TypeError, match=r"adatas must be a mapping \{batch name: AnnData\}, got list"
+    ):
+        scvae.concat_panels([a, a])
+    with pytest.raises(TypeError, match=r"adatas\['b'\] must be an AnnData, got ndarray"):
+        scvae.concat_panels({"a": a, "b": dense(env)})
+
+
+@case("C06")
+def _(env):
+    a = env.adata()
+    for value in (None, 5, ""):
+        expect_error(
+            a,
+            TypeError,
+            r"batch_key must be a non-empty string",
+            scvae.concat_panels,
+            {"a": a},
+            batch_key=value,
+        )
+
+
+@case("C07")
+def _(env):
+    a, b = env.adata(), env.adata()
+    expect_error(
+        a,
+        ValueError,
+        r"the names of adatas \[1, '1'\] are not distinct as strings",
+        scvae.concat_panels,
+        {1: a, "1": b},
+    )
+
+
+@case("C08")
+def _(env):
+    a = env.adata()
+    a.X = None
+    expect_error(
+        a, ValueError, r"adatas\['a'\].X is empty: pass layer=", scvae.concat_panels, {"a": a}
+    )
 
 
 # -- the harness ---------------------------------------------------------------------------------

@@ -48,8 +48,7 @@ def concat_panels(
     >>> model = scvae.fit(joint, batch_key="batch")  # doctest: +SKIP
     >>> scvae.impute(joint, model)  # doctest: +SKIP
     """
-    if not adatas:
-        raise ValueError("concat_panels needs at least one AnnData")
+    _check_panels(adatas, batch_key, layer)
     genes = pd.Index(pd.unique(np.concatenate([np.asarray(a.var_names) for a in adatas.values()])))
     blocks, obs, measured = [], [], {g: [] for g in genes}
     any_sparse = False
@@ -82,6 +81,34 @@ def concat_panels(
     out = AnnData(X=X, obs=obs, var=var)
     out.obs_names_make_unique()
     return out
+
+
+def _check_panels(adatas, batch_key, layer) -> None:
+    """The mapping of datasets and the options, before anything is joined."""
+    if not isinstance(adatas, Mapping):
+        raise TypeError(
+            f"adatas must be a mapping {{batch name: AnnData}}, got {type(adatas).__name__}"
+            + (" (e.g. dict(zip(names, adatas)))" if isinstance(adatas, list | tuple) else "")
+        )
+    if not adatas:
+        raise ValueError("concat_panels needs at least one AnnData")
+    if not isinstance(batch_key, str) or not batch_key:
+        raise TypeError(f"batch_key must be a non-empty string (an obs column), got {batch_key!r}")
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError(f"layer must be a layer name or None, got {layer!r}")
+    names = [str(name) for name in adatas]
+    if len(set(names)) < len(names):
+        raise ValueError(
+            f"the names of adatas {list(adatas)} are not distinct as strings: each names a "
+            f"category of obs[{batch_key!r}]"
+        )
+    for name, adata in adatas.items():
+        if not isinstance(adata, AnnData):
+            raise TypeError(f"adatas[{name!r}] must be an AnnData, got {type(adata).__name__}")
+        if layer is None and adata.X is None:
+            raise ValueError(
+                f"adatas[{name!r}].X is empty: pass layer= with the raw counts of every dataset"
+            )
 
 
 def _place(values, position: np.ndarray, absent: np.ndarray, n_genes: int):

@@ -23,7 +23,7 @@ from .._utils.device import seeded
 from .._vae.module import SCVAEModule
 from ..metrics import leiden_clusters
 from .query import query_module, query_settings, read_query
-from .results import report_all_zero_genes, write_results
+from .results import check_result_keys, report_all_zero_genes, write_results
 from .settings import FitSettings
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,11 @@ def fit(
         Seeds weight initialisation, the split, shuffling and sampling. The global torch
         random state of the caller is restored afterwards.
     key_added
-        Keys written: ``obsm[f"X_{key_added}"]`` and ``uns[key_added]``.
+        Keys written: ``obsm[f"X_{key_added}"]`` and ``uns[key_added]``. A non-empty
+        string without ``/``. The results of an earlier fit under the same key are replaced;
+        an ``uns[key_added]`` another tool wrote (``key_added="pca"`` and scanpy's
+        ``uns["pca"]``) is refused before training, and an ``obsm`` entry without scvae's
+        record in ``uns`` is replaced with a warning.
     progress
         Show a progress bar.
     checkpoint_dir, checkpoint_every
@@ -199,6 +203,7 @@ def fit(
     if reference is not None:
         return _fit_query(adata, reference, options)
     settings = FitSettings(**options)
+    check_result_keys(adata, settings.key_added)
     spec = ReadSpec(
         layer,
         batch_key,
@@ -220,6 +225,7 @@ def fit(
 def _fit_query(adata: AnnData, reference: SCVAE, options: dict) -> SCVAE:
     """``fit(adata, reference=model)``: see :mod:`scvae._fit.query`."""
     settings = query_settings(reference, options)
+    check_result_keys(adata, settings.key_added)
     data = read_query(adata, reference, settings)
     try:
         module = query_module(reference, data, settings.seed)

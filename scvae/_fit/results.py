@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
@@ -18,7 +19,7 @@ from .._version import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["report_all_zero_genes", "versions", "write_results"]
+__all__ = ["check_result_keys", "report_all_zero_genes", "versions", "write_results"]
 
 
 FILTER_HINT = " Filter them with sc.pp.filter_genes(adata, min_counts=1)."
@@ -51,6 +52,44 @@ def versions() -> dict[str, str]:
         "numpy": str(np.__version__),
         "python": platform.python_version(),
     }
+
+
+def check_result_keys(adata: AnnData, key_added: str) -> None:
+    """Before training: the keys ``fit`` writes must be free, or hold scvae's own results.
+
+    ``adata.uns[key_added]`` that is not the record of an earlier fit (e.g. scanpy's
+    ``uns["pca"]`` for ``key_added="pca"``) is refused: replacing it would destroy what
+    another tool wrote. ``adata.obsm[f"X_{key_added}"]`` without that record (an embedding
+    the user stored, e.g. ``adata.obsm["X_scvae"] = model.embed(adata)``) is replaced, with a
+    warning.
+    """
+    if not isinstance(adata, AnnData):
+        return  # the reader says what adata must be
+    obsm_key = f"X_{key_added}"
+    ours = is_fit_record(adata.uns.get(key_added))
+    if key_added in adata.uns and not ours:
+        raise ValueError(
+            f"adata.uns[{key_added!r}] exists and is not the record of an scvae fit (another "
+            f"tool's result?): fit writes adata.uns[{key_added!r}] and adata.obsm[{obsm_key!r}]; "
+            f"choose another key_added (e.g. key_added='scvae'), or delete it first "
+            f"(del adata.uns[{key_added!r}])"
+        )
+    if obsm_key in adata.obsm and not ours:
+        logger.warning(
+            "adata.obsm[%r] exists without the record of an scvae fit in adata.uns[%r]: it is "
+            "replaced by the new embedding (pass another key_added to keep it)",
+            obsm_key,
+            key_added,
+        )
+
+
+def is_fit_record(record: Any) -> bool:
+    """Whether ``record`` is what :func:`write_results` writes to ``adata.uns[key_added]``
+    (also after an h5ad round trip)."""
+    if not isinstance(record, Mapping):
+        return False
+    written_by = record.get("versions")
+    return isinstance(written_by, Mapping) and "scvae" in written_by and "settings" in record
 
 
 def write_results(

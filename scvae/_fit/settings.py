@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .._utils.device import resolve_device
+from .._utils.options import check_key, check_seed
 from .._vae.module import DISPERSIONS, LIKELIHOODS
 
 __all__ = ["BALANCE", "DEFAULT_ALIGNMENT", "FitSettings", "default_lr", "default_max_epochs"]
@@ -130,6 +131,7 @@ class FitSettings:
         self._check_covariate_keys()
         if not isinstance(self.key_added, str) or not self.key_added:
             raise ValueError(f"key_added must be a non-empty string, got {self.key_added!r}")
+        check_key("key_added", self.key_added)
         if self.balance not in BALANCE:
             raise ValueError(f"balance must be one of {BALANCE}, got {self.balance!r}")
         if self.balance == "labels" and self.labels_key is None:
@@ -194,6 +196,7 @@ class FitSettings:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
             raise TypeError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir of the fit to resume")
         resolve_device(self.device)  # an unknown or unavailable device fails here

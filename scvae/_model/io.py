@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,16 @@ def check_model_path(
     nothing else) is replaced; a file, the current folder or any other folder never is.
     Called before any long work (``python -m scvae fit`` checks ``--out`` before training);
     ``flag`` names the switch in the messages (``"--overwrite"`` for the command line).
+    A symbolic link is followed: what it points to is checked (and later replaced), the link
+    stays. The folder it would be written in must exist as a folder (or be creatable) and be
+    writable, so that a bad place fails here, not after training.
 
     Examples
     --------
     >>> check_model_path("a_new_model_folder")
     PosixPath('a_new_model_folder')
     """
-    path = Path(path)
+    path = _followed(_as_path(path))
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a folder: choose another path")
     if path.is_dir() and any(path.iterdir()):
@@ -112,7 +116,50 @@ def check_model_path(
                 f"{path} is not an scvae model folder (it holds {others[:5] or 'no config'}); "
                 f"{flag} replaces model folders only: choose another path"
             )
+    _check_writable_place(path)
     return path
+
+
+def _as_path(path: Any) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or an error naming what was given instead."""
+    if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+        raise TypeError(
+            f"path must be a str or a pathlib.Path, got {type(path).__name__} {path!r}"
+        )
+    if os.fspath(path) == "":
+        raise ValueError("path is empty: give the model folder, e.g. 'my_model'")
+    return Path(path)
+
+
+def _followed(path: Path) -> Path:
+    """``path``, or where it leads if it is a symbolic link: a link to a model folder is
+    replaced where it points (the link itself stays), and checked as that folder."""
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: a loop, before Python 3.13
+        raise FileNotFoundError(
+            f"{path} is a symbolic link loop (it leads back to itself): fix or remove the "
+            "link, or choose another path"
+        ) from None
+
+
+def _check_writable_place(path: Path) -> None:
+    """The folder the model folder would be written in (its nearest existing ancestor, where
+    missing folders are created) must be a folder this process may write to."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(
+            f"{path} cannot be written: {ancestor} is a file, not a folder; choose another path"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{path} cannot be written: no permission to write in the folder {ancestor}; "
+            "choose another path"
+        )
 
 
 def _json_default(value: Any) -> Any:
@@ -126,7 +173,9 @@ def _json_default(value: Any) -> Any:
 
 def read_model_folder(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The checked config and weights of the model folder ``path`` (see :func:`save`)."""
-    path = Path(path)
+    path = _followed(_as_path(path))
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise PermissionError(f"{path}: no permission to read this model folder")
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         hint = ""
         aside = interrupted_saves(path)

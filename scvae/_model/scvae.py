@@ -18,6 +18,7 @@ from .._data.memory import prepare_counts
 from .._data.spec import ReadSpec, read_counts
 from .._train.loss import evaluate_elbo
 from .._utils.device import resolve_device, seeded
+from .._utils.options import check_flag, check_int, check_seed
 from .._vae.module import SCVAEModule, importance_log_likelihood
 from .encode import posterior_means
 from .io import CONFIG, WEIGHTS, read_model_folder, write_model_folder
@@ -25,7 +26,7 @@ from .reference import LatentReference
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCVAE", "load"]
+__all__ = ["SCVAE", "check_model", "load"]
 
 
 class SCVAE:
@@ -164,6 +165,7 @@ class SCVAE:
         >>> z = model.embed(new_adata)  # doctest: +SKIP
         >>> new_adata.obsm["X_scvae"] = z  # doctest: +SKIP
         """
+        check_int("batch_size", batch_size)
         data = self.prepare(adata, layer=layer, allow_backed=True)
         try:
             return self.embed_data(data, batch_size=batch_size)
@@ -223,6 +225,8 @@ class SCVAE:
 
         if self.module.classifier is None:
             raise ValueError("this model has no label head: fit with balance='labels' or 'auto'")
+        check_flag("probabilities", probabilities)
+        check_int("batch_size", batch_size)
         if (
             isinstance(min_probability, bool)
             or not isinstance(min_probability, int | float | np.integer | np.floating)
@@ -270,8 +274,9 @@ class SCVAE:
         --------
         >>> model.log_likelihood(test_adata).mean()  # doctest: +SKIP
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
+        check_int("n_samples", n_samples)
+        check_int("batch_size", batch_size)
+        check_seed(seed)
         data = self.prepare(adata, layer=layer)
         self.module.eval()
         source = MinibatchSource(data, batch_size=batch_size, device=self.device)
@@ -292,6 +297,7 @@ class SCVAE:
 
     def elbo(self, adata: AnnData, *, layer: str | type | None = ..., seed: int = 0) -> float:
         """Mean ELBO per cell on ``adata`` (exact likelihood, KL weight 1, one z draw)."""
+        check_seed(seed)
         data = self.prepare(adata, layer=layer)
         source = MinibatchSource(data, batch_size=1024, device=self.device)
         with seeded(seed, self.device):
@@ -300,11 +306,17 @@ class SCVAE:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the model to folder ``path`` (``weights.pt`` + ``config.json``).
 
+        An existing folder needs ``overwrite=True``, and only an scvae model folder is ever
+        replaced. A symbolic link is followed: the folder it points to is checked and
+        replaced, the link stays. A place that cannot be written (under a file, a folder
+        without write permission) fails before anything is written.
+
         Examples
         --------
         >>> model.save("pbmc_model")  # doctest: +SKIP
         >>> model = scvae.load("pbmc_model")  # doctest: +SKIP
         """
+        check_flag("overwrite", overwrite)
         config = {
             "module": self.module.config,
             "gene_names": self.gene_names,
@@ -322,6 +334,20 @@ class SCVAE:
             "reference": None if self.reference is None else self.reference.to_dict(),
         }
         return write_model_folder(path, self.module.state_dict(), config, overwrite=overwrite)
+
+
+def check_model(model: Any, name: str = "model") -> SCVAE:
+    """``model`` if it is a fitted :class:`SCVAE`, else an error naming what it is (e.g. the
+    path of a saved model, which :func:`load` reads)."""
+    if not isinstance(model, SCVAE):
+        hint = (
+            " (load a saved model with scvae.load(path))" if isinstance(model, str | Path) else ""
+        )
+        raise TypeError(
+            f"{name} must be a fitted scvae model (scvae.fit or scvae.load), got "
+            f"{type(model).__name__}{hint}"
+        )
+    return model
 
 
 def load(

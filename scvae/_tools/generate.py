@@ -13,7 +13,9 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._model.reference import LatentReference, build_reference
+from .._model.scvae import check_model
 from .._utils.device import seeded
+from .._utils.options import check_flag, check_int, check_seed
 
 if TYPE_CHECKING:
     from .._model.scvae import SCVAE
@@ -88,13 +90,18 @@ def generate(
     >>> synth = scvae.generate(model, n_cells=5000, batch="STIM", cell_type="B")  # doctest: +SKIP
     >>> sc.pp.normalize_total(synth); sc.pp.log1p(synth)  # doctest: +SKIP
     """
-    if not isinstance(n_cells, int | np.integer) or isinstance(n_cells, bool) or n_cells <= 0:
-        raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    check_model(model)
+    check_int("n_cells", n_cells)
+    check_int("chunk_size", chunk_size)
+    check_seed(seed)
+    check_flag("progress", progress)
+    if adata is not None and not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}")
+    if labels_key is not None and not isinstance(labels_key, str):
+        raise TypeError(f"labels_key must be an obs column name, got {labels_key!r}")
     reference = _reference_for(model, adata, labels_key)
-    _check_choice("batch", batch, reference.batch_categories, "batch_key")
-    _check_choice("cell_type", cell_type, reference.label_categories, "labels_key")
+    batch = _check_choice("batch", batch, reference.batch_categories, "batch_key")
+    cell_type = _check_choice("cell_type", cell_type, reference.label_categories, "labels_key")
 
     rng = np.random.default_rng(seed)
     types, batches = _assign_groups(reference, int(n_cells), batch, cell_type, rng)
@@ -157,9 +164,13 @@ def _label_codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:
     return values.cat.codes.to_numpy().astype(np.int64), categories
 
 
-def _check_choice(name: str, value: str | None, known: list[str], key: str) -> None:
+def _check_choice(name: str, value: str | None, known: list[str], key: str) -> str | None:
+    """``value`` as one of the ``known`` names (categories are kept as strings, so an
+    integer-like batch ``1`` names the category ``'1'``), or an error listing them."""
     if value is None:
-        return
+        return None
+    if isinstance(value, bool | np.bool_) or not isinstance(value, str | int | np.integer):
+        raise TypeError(f"{name} must be a name (a string), got {type(value).__name__} {value!r}")
     if not known:
         hint = (
             "pass adata= and labels_key= to define cell types from annotated cells"
@@ -167,8 +178,9 @@ def _check_choice(name: str, value: str | None, known: list[str], key: str) -> N
             else "it was fitted without batch_key"
         )
         raise ValueError(f"{name}={value!r} given, but the model knows no {key} groups: {hint}")
-    if value not in known:
+    if str(value) not in known:
         raise ValueError(f"unknown {name} {value!r}; known: {', '.join(map(repr, known))}")
+    return str(value)
 
 
 def _assign_groups(

@@ -23,8 +23,9 @@ from .._data.checks import align_genes
 from .._data.counts import CountData
 from .._data.memory import counts_matrix, prepare_counts
 from .._model.encode import encoded
-from .._model.scvae import SCVAE
+from .._model.scvae import SCVAE, check_model
 from .._utils.device import seeded
+from .._utils.options import check_int, check_key, check_number, check_seed
 from .._vae.distributions import CountDistribution
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,9 @@ def impute(
     >>> qmodel = scvae.fit(panel_query, reference=model)  # doctest: +SKIP
     >>> full = scvae.impute(panel_query, qmodel, genes="model")  # doctest: +SKIP
     """
-    if genes not in ("adata", "model"):
-        raise ValueError(f"genes must be 'adata' or 'model', got {genes!r}")
+    _check_impute_options(
+        adata, model, method, interval, point, n_samples, key_added, seed, batch_size, genes
+    )
     if genes == "model":
         if method != "model" or model is None:
             raise ValueError("genes='model' needs method='model' and a fitted model")
@@ -140,16 +142,13 @@ def impute(
         )
         return full
     _check_writable(adata, "impute")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "model" and model is None:
-        raise ValueError("method='model' needs a fitted model: impute(adata, model)")
-    if interval is not None and (method != "model" or not 0 < interval < 1):
-        raise ValueError("interval must be in (0, 1) and needs method='model'")
-    if point not in POINTS or (point != "mean" and method != "model"):
-        raise ValueError(f"point must be one of {POINTS} (median needs method='model')")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
+    _check_outputs_not_read(
+        [f"{key_added}_{name}" for name in ("imputed", "lower", "upper")],
+        layer=(model.layer if method == "model" else None) if layer is ... else layer,
+        mask_layer=(model.mask_layer if method == "model" else None)
+        if mask_layer is ...
+        else mask_layer,
+    )
     if method == "model":
         data = model.prepare(adata, layer=layer, mask_layer=mask_layer)
         columns = align_genes(adata.var_names, model.gene_names)
@@ -180,12 +179,36 @@ def impute(
     original = adata.X if layer is None else adata.layers[layer]
     for name, values in fills.items():
         key = f"{key_added}_{name}"
+        _log_written(adata, key)
         adata.layers[key] = _fill(original, rows, columns[cols], values)
-        logger.info("added %r (adata.layers)", key)
     if interval is None:
         for name in ("lower", "upper"):
             adata.layers.pop(f"{key_added}_{name}", None)
     return None
+
+
+def _check_impute_options(
+    adata, model, method, interval, point, n_samples, key_added, seed, batch_size, genes
+) -> None:
+    """Every option of :func:`impute`, before anything is read."""
+    if genes not in ("adata", "model"):
+        raise ValueError(f"genes must be 'adata' or 'model', got {genes!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "model" and model is None:
+        raise ValueError("method='model' needs a fitted model: impute(adata, model)")
+    if model is not None:
+        check_model(model)
+    if interval is not None:
+        check_number("interval", interval)
+        if method != "model" or not 0 < interval < 1:
+            raise ValueError("interval must be in (0, 1) and needs method='model'")
+    if point not in POINTS or (point != "mean" and method != "model"):
+        raise ValueError(f"point must be one of {POINTS} (median needs method='model')")
+    check_int("n_samples", n_samples)
+    check_int("batch_size", batch_size)
+    check_seed(seed)
+    check_key("key_added", key_added)
 
 
 def _over_model_genes(
@@ -240,6 +263,12 @@ def denoise(
     >>> adata.layers["scvae_denoised"]  # doctest: +SKIP
     """
     _check_writable(adata, "denoise")
+    check_model(model)
+    check_number("library_size", library_size, low=0, open_low=True)
+    check_int("batch_size", batch_size)
+    check_key("key_added", key_added)
+    key = f"{key_added}_denoised"
+    _check_outputs_not_read([key], layer=model.layer if layer is ... else layer, mask_layer=None)
     if [str(g) for g in adata.var_names] != model.gene_names:
         raise ValueError("denoise needs adata to have exactly the model's genes, in order")
     code = _batch_code(model, transform_batch)
@@ -252,8 +281,8 @@ def denoise(
             batches = b.batch_index if code is None else torch.full_like(b.batch_index, code)
             mean = module.decode(z, ones, batches, covariates=b.covariates).mean
             parts.append(mean.cpu().numpy())
-    adata.layers[f"{key_added}_denoised"] = np.concatenate(parts).astype(np.float32)
-    logger.info("added %r (adata.layers)", f"{key_added}_denoised")
+    _log_written(adata, key)
+    adata.layers[key] = np.concatenate(parts).astype(np.float32)
 
 
 def _batch_code(model: SCVAE, batch: str | None) -> int | None:
@@ -270,10 +299,33 @@ def _batch_code(model: SCVAE, batch: str | None) -> int | None:
     return model.batch_categories.index(str(batch))
 
 
+def _check_outputs_not_read(written: list[str], *, layer, mask_layer) -> None:
+    """The layers a call writes must not be the layers it reads: ``key_added`` chosen so
+    that the output lands on the counts (or the mask) would replace the user's data."""
+    for role, read in (("layer", layer), ("mask_layer", mask_layer)):
+        if read in written:
+            raise ValueError(
+                f"key_added would write adata.layers[{read!r}], the {role} this call reads: "
+                "choose another key_added"
+            )
+
+
+def _log_written(adata: AnnData, key: str) -> None:
+    """Layers named ``<key_added>_imputed`` (``_lower``, ``_upper``, ``_denoised``) are
+    scvae's outputs: an existing one, an earlier result, is replaced; say so."""
+    if key in adata.layers:
+        logger.info("replaced %r (adata.layers), the result of an earlier call", key)
+    else:
+        logger.info("added %r (adata.layers)", key)
+
+
 def _check_writable(adata: AnnData, function: str, writes: str = "layers") -> None:
-    """Refuse a view: the layers would go into a copy anndata makes of it, and a call like
-    ``impute(adata[cells], model)`` would lose them without a word."""
-    if isinstance(adata, AnnData) and adata.is_view:
+    """Refuse anything but an AnnData, and a view: the layers would go into a copy anndata
+    makes of it, and a call like ``impute(adata[cells], model)`` would lose them without a
+    word."""
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
+    if adata.is_view:
         raise ValueError(
             f"adata is a view (e.g. adata[cells]): {function} writes {writes}, which anndata "
             "would put into a copy of the view, and the result would be lost. Make the "
@@ -333,8 +385,11 @@ def predictive_log_likelihood(
     encoder; the proper score to compare models' imputations. Returns one value per missing
     entry of the model's genes, in row-major order.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
+    check_model(model)
+    check_int("n_samples", n_samples)
+    check_seed(seed)
+    if not hasattr(truth, "shape"):
+        raise TypeError(f"truth must be an array or a sparse matrix, got {type(truth).__name__}")
     if tuple(truth.shape) != tuple(adata.shape):
         raise ValueError(
             f"truth has shape {tuple(truth.shape)}; it must be aligned with adata "

@@ -14,7 +14,9 @@ from anndata import AnnData
 
 from .._batches.rows import MinibatchSource
 from .._model.encode import encoded
+from .._model.scvae import check_model
 from .._utils.device import seeded
+from .._utils.options import check_flag, check_int, check_seed
 from ..metrics import two_sample_auc
 from .generate import generate
 
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 KINDS = ("posterior", "generate")
+#: Fewest cells per side the two-sample classifier (:func:`scvae.metrics.two_sample_auc`) takes.
+MIN_CLASSIFIER_CELLS = 10
 
 
 @dataclass
@@ -144,8 +148,7 @@ def posterior_predictive_check(
     >>> ppc.summary["r_mean"], ppc.summary["auc"]  # doctest: +SKIP
     >>> scvae.pl.ppc(ppc)  # doctest: +SKIP
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    _check_ppc_options(model, adata, kind, labels_key, classifier, max_cells, seed)
     data = model.prepare(adata, layer=layer)
     if kind == "posterior":
         drawn = _redraw(model, data, seed)
@@ -164,6 +167,28 @@ def posterior_predictive_check(
         seed=seed,
         kind=kind,
     )
+
+
+def _check_ppc_options(model, adata, kind, labels_key, classifier, max_cells, seed) -> None:
+    """Every option of :func:`posterior_predictive_check`, before any cell is drawn."""
+    check_model(model)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if labels_key is not None and kind != "generate":
+        raise ValueError(
+            f"labels_key={labels_key!r} is used by kind='generate' only (kind='posterior' "
+            "redraws each cell as it is): drop it, or pass kind='generate'"
+        )
+    if labels_key is not None and not isinstance(labels_key, str):
+        raise TypeError(f"labels_key must be an obs column name, got {labels_key!r}")
+    check_flag("classifier", classifier)
+    check_int("max_cells", max_cells, minimum=MIN_CLASSIFIER_CELLS)
+    check_seed(seed)
+    if classifier and isinstance(adata, AnnData) and adata.n_obs < MIN_CLASSIFIER_CELLS:
+        raise ValueError(
+            f"adata has {adata.n_obs} cells: the two-sample classifier needs at least "
+            f"{MIN_CLASSIFIER_CELLS}; pass classifier=False for the per-gene statistics only"
+        )
 
 
 def compare_counts(

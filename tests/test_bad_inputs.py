@@ -1836,10 +1836,26 @@ def _(env):
     expect_error(
         a,
         TypeError,
-        r"batch_correction must be True or False, got 'yes'",
+        r"batch_correction must be True or False, got str 'yes'",
         scvae.differential_expression,
         *args,
         batch_correction="yes",
+    )
+    expect_error(
+        a,
+        TypeError,
+        r"n_samples must be an integer, got float 2.5",
+        scvae.differential_expression,
+        *args,
+        n_samples=2.5,
+    )
+    expect_error(
+        a,
+        ValueError,
+        r"seed must be an integer in \[0, 2\*\*64\), got -1",
+        scvae.differential_expression,
+        *args,
+        seed=-1,
     )
 
 

@@ -323,6 +323,8 @@ def differential_expression(
         n_samples=n_samples,
         max_cells=max_cells,
         batch_correction=batch_correction,
+        seed=seed,
+        batch_size=batch_size,
     )
     labels = group_labels(adata, groupby)
     rows1 = group_rows(labels, group1, groupby, "group1")

@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from .._data.counts import CountData
 from .._model.scvae import SCVAE
+from .._utils.options import check_flag, check_int, check_seed
 
 __all__ = ["MIN_CELLS", "as_list", "check_options", "group_labels", "group_rows", "shared_batches"]
 
@@ -32,14 +33,10 @@ def check_options(**options) -> None:
         raise ValueError(f"fdr must be between 0 and 1, got {fdr!r}")
     if pseudocount <= 0:
         raise ValueError(f"pseudocount must be positive, got {pseudocount!r}")
-    if not isinstance(options["batch_correction"], bool | np.bool_):
-        raise TypeError(
-            f"batch_correction must be True or False, got {options['batch_correction']!r}"
-        )
-    for name in ("n_samples", "max_cells"):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_flag("batch_correction", options["batch_correction"])
+    for name in ("n_samples", "max_cells", "batch_size"):
+        check_int(name, options[name])
+    check_seed(options["seed"])
 
 
 def group_labels(adata: AnnData, groupby: str) -> pd.Series:

@@ -94,6 +94,8 @@ def rank_genes_groups(
         n_samples=n_samples,
         max_cells=max_cells,
         batch_correction=batch_correction,
+        seed=seed,
+        batch_size=batch_size,
     )
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")

@@ -9,7 +9,7 @@ batch_key="batch")`` on all cells; datasets with at most 2003 genes keep all):
 - SCVI: ``scvi.model.SCVI`` with ``batch_key="batch"``, its default model (ZINB) and training
   (``train()``: 400 epochs for these sizes, 90 % of the cells, no early stopping);
 - scvae: ``scvae.fit(adata, batch_key="batch")``, its default training (early stopping on 10 %
-  held-out cells).
+  held-out cells), or with the options of ``--scvae-option`` (see below).
 
 Then scib-metrics' ``Benchmarker`` scores the four embeddings against ``batch`` and
 ``cell_type`` with ``get_results(min_max_scale=False)``: every metric of its ``BioConservation``
@@ -28,12 +28,23 @@ is the condition, ``stim``: CTRL / STIM), and ``simulated`` (see :func:`simulate
     python benchmarks/integration.py --datasets cellbench_3cl kang2018_ifnb simulated --seeds 0
     python benchmarks/integration.py --quick --datasets cellbench_3cl --seeds 0  # smoke test
 
+A variant of scvae's training is a command line: each ``--scvae-option NAME=VALUE`` is one more
+keyword of ``scvae.fit`` (``true``/``false`` become booleans, ``none`` None, numbers int or
+float, anything else stays a string; ``batch_key``, ``seed``, ``max_epochs`` and ``progress``
+are the script's own: use ``--seeds`` and ``--max-epochs``). The header, the Markdown file and
+the JSON (``scvae_options``) record them; e.g. scvae alone, no early stopping, alignment 3:
+
+    python benchmarks/integration.py --methods scvae --seeds 0 \
+        --scvae-option batch_alignment=3 --scvae-option early_stopping=false \
+        --out benchmarks/results/integration_seed0_scvae_w3_noes.json
+
 Needs the bench extra and the peers: ``pip install -e ".[bench]" scib-metrics harmonypy``.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import time
 from importlib.metadata import version
@@ -66,6 +77,8 @@ QUICK_EPOCHS = 5
 SIM_BATCH_LOG_FOLD = 0.5
 #: Peers whose versions the JSON records beside _common.environment's.
 PEER_LIBRARIES = ("scib-metrics", "harmonypy", "scikit-learn", "jax", "lightning")
+#: Keywords of ``scvae.fit`` that the script sets itself (not allowed in ``--scvae-option``).
+OWN_SCVAE_KEYWORDS = ("batch_key", "seed", "max_epochs", "progress")
 
 
 def simulated(batch_log_fold: float = SIM_BATCH_LOG_FOLD, seed: int = 0) -> AnnData:
@@ -205,19 +218,70 @@ def fit_scvi(adata: AnnData, seed: int, max_epochs: int | None) -> tuple[np.ndar
     return model.get_latent_representation(), len(model.history["elbo_train"])
 
 
-def fit_scvae(adata: AnnData, seed: int, max_epochs: int | None) -> tuple[np.ndarray, int]:
-    """scvae's latent means with its defaults and ``batch_key="batch"``; (latent, epochs)."""
+def fit_scvae(
+    adata: AnnData, seed: int, max_epochs: int | None, **options
+) -> tuple[np.ndarray, int]:
+    """scvae's latent means with ``batch_key="batch"``, its defaults but for ``options`` (more
+    keywords of ``scvae.fit``); (latent, epochs)."""
     data = adata.copy()
-    model = scvae.fit(data, batch_key="batch", max_epochs=max_epochs, seed=seed, progress=False)
-    return data.obsm["X_scvae"], len(model.history["train_loss"])
+    model = scvae.fit(
+        data, batch_key="batch", max_epochs=max_epochs, seed=seed, progress=False, **options
+    )
+    key = options.get("key_added", "scvae")
+    return data.obsm[f"X_{key}"], len(model.history["train_loss"])
+
+
+def option_value(text: str) -> bool | int | float | str | None:
+    """``--scvae-option``'s value: ``true``/``false`` (any case) a bool, ``none`` None, an int or
+    a float if it parses as one, else the string.
+
+    >>> [option_value(t) for t in ("False", "3", "3.0", "1e-3", "none", "nb")]
+    [False, 3, 3.0, 0.001, None, 'nb']
+    """
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def scvae_options(pairs: list[str]) -> dict[str, bool | int | float | str | None]:
+    """The ``NAME=VALUE`` pairs of ``--scvae-option`` as ``scvae.fit`` keywords; an unknown
+    name, one the script sets itself (:data:`OWN_SCVAE_KEYWORDS`) or a repeated one fails
+    here, before any data is read."""
+    accepted = set(inspect.signature(scvae.fit).parameters) - {"adata", *OWN_SCVAE_KEYWORDS}
+    options: dict[str, bool | int | float | str | None] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--scvae-option wants NAME=VALUE, got {pair!r}")
+        if name in OWN_SCVAE_KEYWORDS:
+            raise ValueError(f"--scvae-option {name}: the script's own (--seeds, --max-epochs)")
+        if name not in accepted:
+            raise ValueError(f"--scvae-option {name}: not a keyword of scvae.fit")
+        if name in options:
+            raise ValueError(f"--scvae-option {name} given twice")
+        options[name] = option_value(value)
+    return options
 
 
 def embed_all(
-    adata: AnnData, seed: int, max_epochs: int | None, methods: tuple[str, ...] = METHODS
+    adata: AnnData,
+    seed: int,
+    max_epochs: int | None,
+    methods: tuple[str, ...] = METHODS,
+    scvae_options: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, int | None]]:
     """The embeddings of ``adata`` by ``methods``, each one's fit seconds and epochs trained
     (the unintegrated PCA is computed and kept in any case: Harmony starts from it, and the
-    Benchmarker compares with it)."""
+    Benchmarker compares with it); ``scvae_options``: more keywords of ``scvae.fit``."""
     embeddings, seconds, epochs = {}, {}, {}
     unintegrated_pca(adata[: 4 * N_PCS].copy(), seed)  # scanpy's one-time compilation, untimed
     started = time.perf_counter()
@@ -227,12 +291,13 @@ def embed_all(
     embeddings["Harmony"] = harmony(embeddings["Unintegrated PCA"], adata.obs["batch"], seed)
     seconds["Harmony"] = time.perf_counter() - started
     epochs["Unintegrated PCA"] = epochs["Harmony"] = None
+    options = {"SCVI": {}, "scvae": scvae_options or {}}
     for name, fit in (("SCVI", fit_scvi), ("scvae", fit_scvae)):
         if name not in methods:
             continue
-        logger.info("seed %d: fitting %s", seed, name)
+        logger.info("seed %d: fitting %s %s", seed, name, options[name] or "")
         started = time.perf_counter()
-        embeddings[name], epochs[name] = fit(adata, seed, max_epochs)
+        embeddings[name], epochs[name] = fit(adata, seed, max_epochs, **options[name])
         seconds[name] = time.perf_counter() - started
     # The unintegrated PCA stays in any case: the Benchmarker's pre-integration embedding.
     embeddings = {
@@ -309,7 +374,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], dict, 
     )
     rows, metric_type = [], {}
     for seed in args.seeds:
-        embeddings, seconds, epochs = embed_all(adata, seed, args.max_epochs, tuple(args.methods))
+        embeddings, seconds, epochs = embed_all(
+            adata, seed, args.max_epochs, tuple(args.methods), args.scvae_options
+        )
         logger.info("seed %d: scib-metrics Benchmarker", seed)
         started = time.perf_counter()
         scores = scib_scores(adata.obs, embeddings)
@@ -377,6 +444,14 @@ def main() -> None:
         default=SIM_BATCH_LOG_FOLD,
         help="sd of the per-gene log batch factor of 'simulated'",
     )
+    parser.add_argument(
+        "--scvae-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one more keyword of scvae.fit, e.g. batch_alignment=3 or early_stopping=false "
+        "(repeatable; true/false/none/numbers are parsed)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/integration.json"))
     parser.add_argument(
         "--quick",
@@ -384,6 +459,10 @@ def main() -> None:
         help=f"smoke test: {QUICK_CELLS} cells, {QUICK_EPOCHS} epochs (unless --max-epochs)",
     )
     args = parser.parse_args()
+    try:
+        args.scvae_options = scvae_options(args.scvae_option)
+    except ValueError as error:
+        parser.error(str(error))
     if args.quick and args.max_epochs is None:
         args.max_epochs = QUICK_EPOCHS
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -416,7 +495,9 @@ def main() -> None:
         [
             f"Integration (scib-metrics Benchmarker, min_max_scale=False); median over seeds "
             f"{args.seeds}; epochs: {epochs}; device {env['device']}, "
-            f"{env['torch_threads']} torch threads" + ("; QUICK smoke test" if args.quick else ""),
+            f"{env['torch_threads']} torch threads"
+            + (f"; scvae.fit options {args.scvae_options}" if args.scvae_options else "")
+            + ("; QUICK smoke test" if args.quick else ""),
             *(
                 f"- {name}: {d['cells']} cells, {d['genes']} genes, batches {d['batches']}"
                 for name, d in descriptions.items()
@@ -432,6 +513,7 @@ def main() -> None:
             "summary": summary,
             "rows": rows,
             "metric_type": metric_type,
+            "scvae_options": args.scvae_options,
             "datasets": descriptions,
             "environment": env,
             "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -124,7 +124,6 @@ def test_types_from_annotated_cells_for_a_model_fitted_without_labels(small_adat
     [
         ({"n_cells": 0}, "positive integer"),
         ({"n_cells": -5}, "positive integer"),
-        ({"n_cells": 2.5}, "positive integer"),
         ({"batch": "batch_9"}, "unknown batch 'batch_9'; known: 'batch_0', 'batch_1'"),
         ({"cell_type": "T cells"}, "unknown cell_type 'T cells'; known: 'group_0'"),
         ({"labels_key": "cell_type"}, "labels_key needs adata"),
@@ -135,6 +134,12 @@ def test_generate_bad_input(fitted, kwargs, message):
     kwargs = {"n_cells": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
         scvae.generate(model, **kwargs)
+
+
+def test_generate_refuses_a_fractional_number_of_cells(fitted):
+    model, _ = fitted
+    with pytest.raises(TypeError, match=r"n_cells must be an integer, got float 2\.5"):
+        scvae.generate(model, n_cells=2.5)
 
 
 def test_generate_batch_for_a_model_without_batches(small_adata):

@@ -40,6 +40,8 @@ def run_scvae(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True
             FitSettings(
                 max_epochs=args.epochs,
                 batch_size=args.batch_size,
+                n_latent=10,  # SCVI's architecture: 10 latent, standard normal prior
+                prior_components=0,
                 lr=1e-3,
                 kl_warmup=args.kl_warmup,
                 early_stopping=False,

@@ -51,6 +51,8 @@ def main() -> None:
                 batch_key=batch_key,
                 labels_key="cell_type",
                 max_epochs=args.epochs,
+                n_latent=10,  # SCVI's architecture: 10 latent, standard normal prior
+                prior_components=0,
                 early_stopping=False,
                 validation_fraction=0.0,
                 progress=False,

@@ -213,6 +213,8 @@ def main() -> None:
                 batch_key=batch_key,
                 max_epochs=args.epochs,
                 batch_size=128,
+                n_latent=10,  # SCVI's architecture: 10 latent, standard normal prior
+                prior_components=0,
                 lr=1e-3,
                 early_stopping=False,
                 validation_fraction=0.0,

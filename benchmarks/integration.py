@@ -44,7 +44,6 @@ Needs the bench extra and the peers: ``pip install -e ".[bench]" scib-metrics ha
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import time
 from importlib.metadata import version
@@ -53,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import environment, markdown_table, write_json
+from _common import environment, markdown_table, scvae_options, write_json
 from anndata import AnnData
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -229,47 +228,6 @@ def fit_scvae(
     )
     key = options.get("key_added", "scvae")
     return data.obsm[f"X_{key}"], len(model.history["train_loss"])
-
-
-def option_value(text: str) -> bool | int | float | str | None:
-    """``--scvae-option``'s value: ``true``/``false`` (any case) a bool, ``none`` None, an int or
-    a float if it parses as one, else the string.
-
-    >>> [option_value(t) for t in ("False", "3", "3.0", "1e-3", "none", "nb")]
-    [False, 3, 3.0, 0.001, None, 'nb']
-    """
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def scvae_options(pairs: list[str]) -> dict[str, bool | int | float | str | None]:
-    """The ``NAME=VALUE`` pairs of ``--scvae-option`` as ``scvae.fit`` keywords; an unknown
-    name, one the script sets itself (:data:`OWN_SCVAE_KEYWORDS`) or a repeated one fails
-    here, before any data is read."""
-    accepted = set(inspect.signature(scvae.fit).parameters) - {"adata", *OWN_SCVAE_KEYWORDS}
-    options: dict[str, bool | int | float | str | None] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ValueError(f"--scvae-option wants NAME=VALUE, got {pair!r}")
-        if name in OWN_SCVAE_KEYWORDS:
-            raise ValueError(f"--scvae-option {name}: the script's own (--seeds, --max-epochs)")
-        if name not in accepted:
-            raise ValueError(f"--scvae-option {name}: not a keyword of scvae.fit")
-        if name in options:
-            raise ValueError(f"--scvae-option {name} given twice")
-        options[name] = option_value(value)
-    return options
 
 
 def embed_all(
@@ -460,7 +418,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
-        args.scvae_options = scvae_options(args.scvae_option)
+        args.scvae_options = scvae_options(args.scvae_option, OWN_SCVAE_KEYWORDS)
     except ValueError as error:
         parser.error(str(error))
     if args.quick and args.max_epochs is None:

@@ -47,7 +47,13 @@ def add_commands(commands) -> None:
     fit.add_argument("--max-epochs", type=int, default=None)
     fit.add_argument("--batch-size", type=int, default=128, help="cells per step per process")
     fit.add_argument("--lr", type=float, default=None, help="default: scvae.fit's rule")
-    fit.add_argument("--n-latent", type=int, default=10)
+    fit.add_argument("--n-latent", type=int, default=None, help="default: scvae.fit's")
+    fit.add_argument(
+        "--prior-components",
+        type=int,
+        default=None,
+        help="components of the mixture prior of z (0: standard normal; default: scvae.fit's)",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", help="auto, cpu or cuda (one process)")
     fit.add_argument("--embedding", type=Path, default=None, help="also write the embedding")
@@ -116,6 +122,7 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         n_latent=args.n_latent,
+        prior_components=args.prior_components,
         seed=args.seed,
         device=device,
         progress=not args.no_progress,

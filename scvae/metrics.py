@@ -8,15 +8,23 @@ one way.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
+from ._fit.results import ACTIVE_UNIT_VARIANCE, LATENT_DIRECTION_VARIANCE
+
 __all__ = [
+    "LEIDEN_RESOLUTIONS",
+    "active_units",
+    "best_leiden_scores",
     "knn_predictions",
     "knn_scores",
+    "latent_directions",
     "leiden_clusters",
     "leiden_scores",
     "randomized_pit",
@@ -24,20 +32,63 @@ __all__ = [
 ]
 
 
-def knn_predictions(embedding: np.ndarray, labels: np.ndarray, *, k: int = 15) -> np.ndarray:
-    """Leave-one-out majority vote of each cell's ``k`` nearest neighbours (Euclidean)."""
+#: Leiden resolutions :func:`best_leiden_scores` tries by default.
+LEIDEN_RESOLUTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
+
+
+def knn_predictions(
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    *,
+    k: int = 15,
+    folds: int | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Majority vote of each cell's ``k`` nearest neighbours (Euclidean).
+
+    ``folds=None``: leave-one-out (every other cell votes); ``folds=5``: stratified 5-fold
+    cross-validation (the cells of the other four folds vote), shuffled with ``seed``.
+    """
     labels = np.asarray(labels)
     codes, uniques = _encode(labels)
-    k = min(k, len(labels) - 1)
-    _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(embedding).kneighbors(embedding)
-    votes = codes[neighbours[:, 1:]]  # drop the cell itself
-    counts = np.zeros((len(labels), len(uniques)), dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(len(labels)), k), votes.ravel()), 1)
-    return uniques[counts.argmax(axis=1)]
+    embedding = np.asarray(embedding)
+    if folds is None:
+        k = min(k, len(labels) - 1)
+        _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(embedding).kneighbors(embedding)
+        return uniques[_vote(codes[neighbours[:, 1:]], len(uniques))]  # drop the cell itself
+    from sklearn.model_selection import StratifiedKFold
+
+    predicted = np.empty(len(labels), dtype=np.int64)
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    # A class with fewer cells than folds is spread over fewer folds (sklearn warns).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(splitter.split(embedding, codes))
+    for train, test in splits:
+        n_neighbours = min(k, len(train))
+        index = NearestNeighbors(n_neighbors=n_neighbours).fit(embedding[train])
+        _, neighbours = index.kneighbors(embedding[test])
+        predicted[test] = _vote(codes[train][neighbours], len(uniques))
+    return uniques[predicted]
 
 
-def knn_scores(embedding: np.ndarray, labels: np.ndarray, *, k: int = 15) -> dict[str, float]:
-    """kNN accuracy, balanced accuracy and per-class recall of the leave-one-out vote.
+def _vote(votes: np.ndarray, n_classes: int) -> np.ndarray:
+    """The most frequent code of each row of ``votes`` (ties: the smallest code)."""
+    counts = np.zeros((len(votes), n_classes), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(votes)), votes.shape[1]), votes.ravel()), 1)
+    return counts.argmax(axis=1)
+
+
+def knn_scores(
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    *,
+    k: int = 15,
+    folds: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """kNN accuracy, balanced accuracy and per-class recall of the vote of
+    :func:`knn_predictions` (leave-one-out, or ``folds``-fold cross-validated).
 
     Examples
     --------
@@ -47,7 +98,7 @@ def knn_scores(embedding: np.ndarray, labels: np.ndarray, *, k: int = 15) -> dic
     1.0
     """
     labels = np.asarray(labels).astype(str)
-    predicted = knn_predictions(embedding, labels, k=k)
+    predicted = knn_predictions(embedding, labels, k=k, folds=folds, seed=seed)
     classes, sizes = np.unique(labels, return_counts=True)
     recall = {c: float(np.mean(predicted[labels == c] == c)) for c in classes}
     smallest = [str(c) for c in classes[np.argsort(sizes, kind="stable")[:3]]]
@@ -72,24 +123,98 @@ def leiden_scores(
     }
 
 
+def best_leiden_scores(
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    *,
+    resolutions: tuple[float, ...] = LEIDEN_RESOLUTIONS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """ARI and NMI of the Leiden clustering that best matches ``labels`` (highest ARI) over
+    ``resolutions``, on one 15-NN graph, and the resolution that gave it.
+
+    Each embedding is scored at its own best resolution, so that a method is not judged by
+    how well one fixed resolution happens to suit the scale of its graph.
+    """
+    graph = _neighbour_graph(embedding, seed=seed)
+    labels = np.asarray(labels).astype(str)
+    best: dict[str, float] = {"ari": -np.inf}
+    for resolution in resolutions:
+        clusters = _leiden(graph, resolution, seed)
+        ari = float(adjusted_rand_score(labels, clusters))
+        if ari > best["ari"]:
+            best = {
+                "ari": ari,
+                "nmi": float(normalized_mutual_info_score(labels, clusters)),
+                "n_clusters": len(set(clusters)),
+                "resolution": float(resolution),
+            }
+    return best
+
+
+def active_units(embedding: np.ndarray, *, threshold: float = ACTIVE_UNIT_VARIANCE) -> int:
+    """Number of latent dimensions whose posterior means vary across cells by more than
+    ``threshold`` (variance): the active units of Burda et al. (2016). A collapsed dimension
+    has a posterior equal to the prior for every cell, so its mean is the same everywhere.
+
+    Examples
+    --------
+    >>> z = np.random.default_rng(0).normal(size=(500, 3)) * [1.0, 0.5, 0.01]
+    >>> active_units(z)
+    2
+    """
+    return int(np.sum(np.var(np.asarray(embedding, dtype=np.float64), axis=0) > threshold))
+
+
+def latent_directions(
+    embedding: np.ndarray, *, threshold: float = LATENT_DIRECTION_VARIANCE
+) -> int:
+    """Number of principal directions of ``embedding`` (eigenvectors of its covariance across
+    cells) whose variance exceeds ``threshold``: the dimension of the subspace the cells use.
+
+    Unlike :func:`active_units` it does not depend on the axes: with a mixture prior the
+    subspace the data need is seldom aligned with them, and a few axes each carrying a
+    little of it would all count as active.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(500, 2)) @ rng.normal(size=(2, 6))  # a plane in 6 dimensions
+    >>> latent_directions(z), active_units(z)
+    (2, 6)
+    """
+    covariance = np.cov(np.asarray(embedding, dtype=np.float64), rowvar=False)
+    return int(np.sum(np.linalg.eigvalsh(np.atleast_2d(covariance)) > threshold))
+
+
 def leiden_clusters(
     embedding: np.ndarray, *, resolution: float = 1.0, seed: int = 0
 ) -> np.ndarray:
     """Leiden clusters (strings) on the 15-NN graph of ``embedding``, as scanpy computes them."""
+    return _leiden(_neighbour_graph(embedding, seed=seed), resolution, seed)
+
+
+def _neighbour_graph(embedding: np.ndarray, *, seed: int) -> AnnData:
     import scanpy as sc
 
     tmp = AnnData(np.zeros((len(embedding), 0), dtype=np.float32))
     tmp.obsm["rep"] = np.asarray(embedding)
     sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=15, random_state=seed)
+    return tmp
+
+
+def _leiden(graph: AnnData, resolution: float, seed: int) -> np.ndarray:
+    import scanpy as sc
+
     sc.tl.leiden(
-        tmp,
+        graph,
         resolution=resolution,
         flavor="igraph",
         n_iterations=2,
         directed=False,
         random_state=seed,
     )
-    return tmp.obs["leiden"].to_numpy().astype(str)
+    return graph.obs["leiden"].to_numpy().astype(str)
 
 
 def _encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -260,7 +260,7 @@ def _(env):
     a.obs_names = ["cell_0", *a.obs_names[:-1]]
     fit(a)
     assert "obs_names are not unique (e.g. 'cell_0')" in env.caplog.text
-    assert a.obsm["X_scvae"].shape == (120, 10)
+    assert a.obsm["X_scvae"].shape == (120, 30)
 
 
 @case("F20")
@@ -399,7 +399,7 @@ def _(env):
     view = parent[:100]
     with pytest.warns(UserWarning, match="view"):  # anndata's ImplicitModificationWarning
         fit(view)
-    assert view.obsm["X_scvae"].shape == (100, 10)
+    assert view.obsm["X_scvae"].shape == (100, 30)
     assert not changed(before, fingerprint(parent))
 
 
@@ -424,8 +424,13 @@ for _row, _option, _message in [
     ("F46", {"batch_size": 0}, "max_epochs and batch_size must be positive"),
     ("F47", {"n_layers": 0}, "n_layers must be a positive integer, got 0"),
     ("F48", {"device": "gpu"}, r"device='gpu' is not a device"),
+    ("F70", {"prior_components": -1}, "prior_components must be >= 0, got -1"),
 ]:
     case(_row)(_bad_option(_option, _message))
+
+case("F71")(
+    _bad_option({"prior_components": 2.5}, "prior_components must be an integer", TypeError)
+)
 
 
 @case("F49")
@@ -1978,7 +1983,7 @@ def _(env):
     a = env.adata()
     a.obsm["X_scvae"] = np.zeros((a.n_obs, 3), dtype=np.float32)
     fit(a)
-    assert a.obsm["X_scvae"].shape == (a.n_obs, 10)
+    assert a.obsm["X_scvae"].shape == (a.n_obs, 30)
     assert "adata.obsm['X_scvae'] exists without the record of an scvae fit" in env.caplog.text
 
 

@@ -46,10 +46,11 @@ def fit(
     batch_alignment: float | None = None,
     likelihood: str = "nb",
     dispersion: str = "gene",
-    n_latent: int = 10,
+    n_latent: int | None = None,
     n_hidden: int = 128,
     n_layers: int = 1,
     dropout: float = 0.1,
+    prior_components: int | None = None,
     beta: float = 1.0,
     kl_warmup: int | None = None,
     max_epochs: int | None = None,
@@ -134,7 +135,18 @@ def fit(
     dispersion
         ``"gene"`` or ``"gene-batch"``: one NB inverse dispersion per gene (and batch).
     n_latent, n_hidden, n_layers, dropout
-        Latent dimensions; width and depth of encoder/decoder; encoder dropout.
+        Latent dimensions (default 30, or 10 with a batch key or covariates); width and depth
+        of encoder/decoder; encoder dropout. Dimensions
+        the data do not need collapse onto the prior (``adata.uns[key_added]
+        ["n_active_units"]`` counts those in use); see docs/embedding.md for choosing it.
+    prior_components
+        The prior of z: a learned mixture of this many diagonal normals (weights, means and
+        scales trained with the rest), or the standard normal with 0. Default 20, or 0 with a
+        batch key or covariates (batch alignment was measured with the standard normal). The
+        mixture lets cells of one type gather around a component instead of spreading over
+        the whole prior: neighbourhoods, clusters and the held-out likelihood all improve
+        (docs/embedding.md). Data with one continuous trajectory and no types may be split
+        into artificial clusters; use 0 there.
     beta
         Weight of the KL term (beta-VAE); 1 is the ELBO.
     kl_warmup

@@ -19,7 +19,21 @@ from .._version import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_result_keys", "report_all_zero_genes", "versions", "write_results"]
+#: A latent dimension is active when the variance of its posterior means across cells exceeds
+#: this (Burda et al., 2016): a collapsed dimension's posterior is the prior for every cell.
+ACTIVE_UNIT_VARIANCE = 0.01
+#: A principal direction of the posterior means is in use when its variance exceeds this: the
+#: count does not depend on the axes (``scvae.metrics.latent_directions``).
+LATENT_DIRECTION_VARIANCE = 0.1
+
+__all__ = [
+    "ACTIVE_UNIT_VARIANCE",
+    "LATENT_DIRECTION_VARIANCE",
+    "check_result_keys",
+    "report_all_zero_genes",
+    "versions",
+    "write_results",
+]
 
 
 FILTER_HINT = " Filter them with sc.pp.filter_genes(adata, min_counts=1)."
@@ -109,13 +123,29 @@ def write_results(
             "nothing was written to adata. Check those cells for extreme counts."
         )
     adata.obsm[obsm_key] = embedding
+    latent_variance = np.var(embedding.astype(np.float64), axis=0)
+    n_active = int(np.sum(latent_variance > ACTIVE_UNIT_VARIANCE))
+    covariance = np.atleast_2d(np.cov(embedding.astype(np.float64), rowvar=False))
+    n_directions = int(np.sum(np.linalg.eigvalsh(covariance) > LATENT_DIRECTION_VARIANCE))
     adata.uns[key_added] = {
         "settings": _h5ad_safe(model.settings),
         "versions": versions(),
         "history": {k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()},
         "n_all_zero_genes": len(zero_genes),
         "all_zero_genes": np.asarray(zero_genes, dtype=str),
+        "latent_variance": latent_variance,
+        "n_active_units": n_active,
+        "n_latent_directions": n_directions,
     }
+    logger.info(
+        "the cells use %d directions of the %d-dimensional latent space (principal directions "
+        "of the posterior means with variance above %g); %d axes are active (variance above %g)",
+        n_directions,
+        embedding.shape[1],
+        LATENT_DIRECTION_VARIANCE,
+        n_active,
+        ACTIVE_UNIT_VARIANCE,
+    )
     logger.info(
         "added %r, the posterior means of the latent space (adata.obsm), and %r, the "
         "settings and loss history (adata.uns)",

@@ -105,10 +105,11 @@ class FitSettings:
     batch_alignment: float | None = None
     likelihood: str = "nb"
     dispersion: str = "gene"
-    n_latent: int = 10
+    n_latent: int | None = None
     n_hidden: int = 128
     n_layers: int = 1
     dropout: float = 0.1
+    prior_components: int | None = None
     beta: float = 1.0
     kl_warmup: int | None = None
     max_epochs: int | None = None
@@ -173,7 +174,7 @@ class FitSettings:
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
             )
-        for name in ("n_latent", "n_hidden", "n_layers", "patience"):
+        for name in ("n_hidden", "n_layers", "patience"):
             _positive_int(name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
@@ -181,6 +182,16 @@ class FitSettings:
             _number("lr", self.lr)
             if not (math.isfinite(self.lr) and self.lr > 0):
                 raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.n_latent is not None:
+            _positive_int("n_latent", self.n_latent)
+        if self.prior_components is None:
+            pass
+        elif isinstance(self.prior_components, bool) or not isinstance(
+            self.prior_components, int | np.integer
+        ):
+            raise TypeError(f"prior_components must be an integer, got {self.prior_components!r}")
+        elif self.prior_components < 0:
+            raise ValueError(f"prior_components must be >= 0, got {self.prior_components!r}")
         if self.kl_warmup is not None:
             if isinstance(self.kl_warmup, bool) or not isinstance(
                 self.kl_warmup, int | np.integer
@@ -235,8 +246,13 @@ class FitSettings:
         kl_warmup = max(1, max_epochs // 8) if self.kl_warmup is None else int(self.kl_warmup)
         lr = default_lr(self.batch_size * world_size) if self.lr is None else self.lr
         alignment = DEFAULT_ALIGNMENT if self.batch_alignment is None else self.batch_alignment
+        n_latent, components = self.default_latent()
         return replace(
             self,
+            n_latent=int(n_latent if self.n_latent is None else self.n_latent),
+            prior_components=int(
+                components if self.prior_components is None else self.prior_components
+            ),
             batch_alignment=float(alignment),
             max_epochs=max_epochs,
             kl_warmup=kl_warmup,
@@ -244,6 +260,24 @@ class FitSettings:
             device=str(resolve_device(self.device)),
             checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
         )
+
+    def default_latent(self) -> tuple[int, int]:
+        """The defaults of ``n_latent`` and ``prior_components``: a mixture of 20 normals in 30
+        dimensions (docs/embedding.md), or, with a batch key or other covariates, the standard
+        normal prior in 10, whose batch alignment and covariate effects were measured
+        (docs/mapping.md); the mixture with covariates is not measured yet.
+
+        Examples
+        --------
+        >>> FitSettings().default_latent(), FitSettings(batch_key="batch").default_latent()
+        ((30, 20), (10, 0))
+        """
+        with_covariates = (
+            self.batch_key is not None
+            or bool(self.categorical_covariate_keys)
+            or bool(self.continuous_covariate_keys)
+        )
+        return (10, 0) if with_covariates else (30, 20)
 
     # -- each stage's part ---------------------------------------------------------------------
     def module_options(self) -> dict[str, Any]:
@@ -255,6 +289,7 @@ class FitSettings:
             "likelihood": self.likelihood,
             "dispersion": self.dispersion,
             "dropout": self.dropout,
+            "prior_components": self.prior_components,
             "alignment_weight": DEFAULT_ALIGNMENT
             if self.batch_alignment is None
             else float(self.batch_alignment),

@@ -52,6 +52,7 @@ _MODULE_TYPES = {
     "query_encoder": bool,
     "alignment_weight": (int, float),
     "n_anchors": int,
+    "prior_components": int,
 }
 
 

@@ -54,7 +54,10 @@ def mean_field_loss(model, guide, *args, **kwargs) -> torch.Tensor:
             elbo = elbo + scale_and_mask(log_p, site["scale"], site["mask"]).sum()
         else:
             q = guide_trace.nodes[name]
-            kl = kl_divergence(q["fn"], site["fn"])
+            try:
+                kl = kl_divergence(q["fn"], site["fn"])
+            except NotImplementedError:  # a mixture prior: one-sample estimate at q's draw
+                kl = q["fn"].log_prob(q["value"]) - site["fn"].log_prob(q["value"])
             elbo = elbo - scale_and_mask(kl, q["scale"], q["mask"]).sum()
     return -elbo
 

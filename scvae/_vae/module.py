@@ -129,6 +129,7 @@ class SCVAEModule(nn.Module):
         query_encoder: bool = False,
         alignment_weight: float = 0.0,
         n_anchors: int = 0,
+        prior_components: int = 0,
     ) -> None:
         super().__init__()
         #: The constructor arguments: enough to rebuild the module (see ``scvae._model.io``).
@@ -152,6 +153,7 @@ class SCVAEModule(nn.Module):
             "query_encoder": bool(query_encoder),
             "alignment_weight": float(alignment_weight),
             "n_anchors": int(n_anchors),
+            "prior_components": int(prior_components),
         }
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -172,6 +174,16 @@ class SCVAEModule(nn.Module):
             raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight!r}")
         self.alignment_weight = float(alignment_weight)
         self.register_buffer("anchors", torch.zeros(n_anchors, n_latent) if n_anchors else None)
+        self.prior_components = int(prior_components)
+        if self.prior_components < 0:
+            raise ValueError(f"prior_components must be >= 0, got {prior_components!r}")
+        if self.prior_components:
+            #: The mixture prior's weights (logits), means and scales (before softplus).
+            self.prior_logits = nn.Parameter(torch.zeros(self.prior_components))
+            self.prior_locs = nn.Parameter(0.1 * torch.randn(self.prior_components, n_latent))
+            self.prior_raw_scales = nn.Parameter(
+                torch.full((self.prior_components, n_latent), math.log(math.e - 1.0))
+            )
 
         n_in = n_genes * (2 if encode_mask else 1)
         width = self.n_batches + self.n_covariates
@@ -237,6 +249,18 @@ class SCVAEModule(nn.Module):
             extra += list(self.query_encoder.parameters())
         extra.append(self.query_gene_offsets)
         return [*self.encoder.query_weights, *self.decoder.query_weights, *extra]
+
+    def prior(self, n_cells: int, like: torch.Tensor) -> dist.Distribution:
+        """p(z) for ``n_cells`` cells (event shape ``(n_latent,)``): the standard normal, or
+        the learned mixture of ``prior_components`` diagonal normals."""
+        if not self.prior_components:
+            zero, one = like.new_zeros(()), like.new_ones(())
+            return dist.Normal(zero, one).expand([n_cells, self.n_latent]).to_event(1)
+        components = dist.Normal(self.prior_locs, F.softplus(self.prior_raw_scales) + 1e-3)
+        mixture = dist.MixtureSameFamily(
+            dist.Categorical(logits=self.prior_logits), components.to_event(1)
+        )
+        return mixture.expand([n_cells])
 
     # -- networks ---------------------------------------------------------------------------
     def _covariates(
@@ -368,9 +392,8 @@ class SCVAEModule(nn.Module):
         carry them) only makes the NB training objective cheaper; the value is the same."""
         n_cells = x.shape[0]
         with pyro.plate("cells", n_cells):
-            prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([n_cells, self.n_latent])
             with poutine.scale(scale=kl_weight):
-                z = pyro.sample("z", prior.to_event(1))
+                z = pyro.sample("z", self.prior(n_cells, x))
             counts = self.decode(
                 z,
                 library,
@@ -442,7 +465,7 @@ def importance_log_likelihood(
     """
     loc, scale = module.encode(x, library, batch_index, observed, covariates=covariates)
     q = dist.Normal(loc, scale).to_event(1)
-    prior = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
+    prior = module.prior(x.shape[0], loc)
     log_w = []
     for _ in range(n_samples):
         z = q.sample()

@@ -16,19 +16,16 @@ from anndata import AnnData
 from .._data.counts import CountData
 from .._model.scvae import SCVAE
 from .._version import __version__
+from ..metrics import (
+    ACTIVE_UNIT_VARIANCE,
+    LATENT_DIRECTION_VARIANCE,
+    active_units,
+    latent_directions,
+)
 
 logger = logging.getLogger(__name__)
 
-#: A latent dimension is active when the variance of its posterior means across cells exceeds
-#: this (Burda et al., 2016): a collapsed dimension's posterior is the prior for every cell.
-ACTIVE_UNIT_VARIANCE = 0.01
-#: A principal direction of the posterior means is in use when its variance exceeds this: the
-#: count does not depend on the axes (``scvae.metrics.latent_directions``).
-LATENT_DIRECTION_VARIANCE = 0.1
-
 __all__ = [
-    "ACTIVE_UNIT_VARIANCE",
-    "LATENT_DIRECTION_VARIANCE",
     "check_result_keys",
     "report_all_zero_genes",
     "versions",
@@ -124,9 +121,8 @@ def write_results(
         )
     adata.obsm[obsm_key] = embedding
     latent_variance = np.var(embedding.astype(np.float64), axis=0)
-    n_active = int(np.sum(latent_variance > ACTIVE_UNIT_VARIANCE))
-    covariance = np.atleast_2d(np.cov(embedding.astype(np.float64), rowvar=False))
-    n_directions = int(np.sum(np.linalg.eigvalsh(covariance) > LATENT_DIRECTION_VARIANCE))
+    n_active = active_units(embedding)
+    n_directions = latent_directions(embedding)
     adata.uns[key_added] = {
         "settings": _h5ad_safe(model.settings),
         "versions": versions(),

@@ -16,10 +16,7 @@ from anndata import AnnData
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
-from ._fit.results import ACTIVE_UNIT_VARIANCE, LATENT_DIRECTION_VARIANCE
-
 __all__ = [
-    "LEIDEN_RESOLUTIONS",
     "active_units",
     "best_leiden_scores",
     "knn_predictions",
@@ -31,6 +28,13 @@ __all__ = [
     "two_sample_auc",
 ]
 
+
+#: A latent dimension is active when the variance of its posterior means across cells exceeds
+#: this (Burda et al., 2016): a collapsed dimension's posterior is the prior for every cell.
+ACTIVE_UNIT_VARIANCE = 0.01
+#: A principal direction of the posterior means is in use when its variance exceeds this: the
+#: count does not depend on the axes (:func:`latent_directions`).
+LATENT_DIRECTION_VARIANCE = 0.1
 
 #: Leiden resolutions :func:`best_leiden_scores` tries by default.
 LEIDEN_RESOLUTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)

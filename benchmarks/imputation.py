@@ -36,7 +36,7 @@ import scvae
 from scvae._data.memory import prepare_counts
 from scvae._fit.fit import fit_counts
 from scvae._fit.settings import FitSettings
-from scvae._tools.impute import count_interval, predictive_draws
+from scvae._tools.predictive import count_interval, predictive_draws
 from scvae._vae.distributions import CountDistribution
 from scvae.datasets import simulate
 from scvae.metrics import randomized_pit

@@ -9,10 +9,12 @@ from . import datasets, metrics, pl
 from ._data.panels import concat_panels
 from ._fit.fit import fit
 from ._model.scvae import SCVAE, load
+from ._tools.denoise import denoise
 from ._tools.differential import differential_expression
 from ._tools.generate import generate
-from ._tools.impute import denoise, impute, predictive_log_likelihood
+from ._tools.impute import impute
 from ._tools.ppc import PosteriorPredictiveCheck, gene_statistics, posterior_predictive_check
+from ._tools.predictive import predictive_log_likelihood
 from ._tools.rank_genes import rank_genes_groups
 from ._train.guards import NonFiniteLossError
 from ._version import __version__

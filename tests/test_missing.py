@@ -206,7 +206,7 @@ def test_bad_impute_options(fitted):
 
 
 def test_count_interval_holds_the_mass_closest_to_the_level():
-    from scvae._tools.impute import count_interval
+    from scvae._tools.predictive import count_interval
 
     draws = torch.tensor([0.0] * 93 + [1.0] * 7)[:, None]  # P(0) = 0.93
     lower, upper = count_interval(draws, 0.9)
@@ -252,7 +252,7 @@ def test_randomized_pit_is_uniform_for_a_calibrated_predictive_of_sparse_counts(
     rng = np.random.default_rng(0)
     draws = rng.poisson(0.05, size=(400, 20000))
     truth = rng.poisson(0.05, size=20000)
-    lower, upper = scvae._tools.impute.count_interval(
+    lower, upper = scvae._tools.predictive.count_interval(
         torch.as_tensor(draws, dtype=torch.float32), 0.9
     )
     plain = np.mean((lower.numpy() <= truth) & (truth <= upper.numpy()))

@@ -19,7 +19,8 @@ from .._data.spec import ReadSpec, read_counts
 from .._train.loss import evaluate_elbo
 from .._utils.device import resolve_device, seeded
 from .._utils.options import check_flag, check_int, check_seed
-from .._vae.module import SCVAEModule, importance_log_likelihood
+from .._vae.likelihood import importance_log_likelihood
+from .._vae.module import SCVAEModule
 from .encode import posterior_means
 from .io import CONFIG, WEIGHTS, read_model_folder, write_model_folder
 from .reference import LatentReference

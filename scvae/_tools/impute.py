@@ -1,42 +1,31 @@
-"""Missing values: imputation from the posterior predictive, baselines, denoised expression.
+"""Missing values: imputation from the posterior predictive, and the baselines.
 
 ``impute`` fills only the missing entries (NaN, or False in a mask layer) and copies every
-observed value unchanged; ``denoise`` is a different thing (the model's normalised expression
-for every entry) and lives in its own function so that the two are not confused.
+observed value unchanged; ``denoise`` (``denoise.py``) is a different thing (the model's
+normalised expression for every entry) and lives in its own function so that the two are not
+confused. The draws behind the imputed values and intervals are in ``predictive.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 
-from .._batches.minibatch import Minibatch
-from .._batches.rows import MinibatchSource
 from .._data.checks import align_genes
 from .._data.counts import CountData
 from .._data.memory import counts_matrix, prepare_counts
-from .._model.encode import encoded
 from .._model.scvae import SCVAE, check_model
-from .._utils.device import seeded
 from .._utils.options import check_int, check_key, check_number, check_seed
-from .._vae.distributions import CountDistribution
+from .outputs import check_outputs_not_read, check_writable, log_written
+from .predictive import posterior_predictive
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "count_interval",
-    "denoise",
-    "impute",
-    "predictive_draws",
-    "predictive_log_likelihood",
-]
+__all__ = ["impute"]
 
 METHODS = ("model", "mean", "random")
 POINTS = ("mean", "median")
@@ -141,8 +130,8 @@ def impute(
             batch_size=batch_size,
         )
         return full
-    _check_writable(adata, "impute")
-    _check_outputs_not_read(
+    check_writable(adata, "impute")
+    check_outputs_not_read(
         [f"{key_added}_{name}" for name in ("imputed", "lower", "upper")],
         layer=(model.layer if method == "model" else None) if layer is ... else layer,
         mask_layer=(model.mask_layer if method == "model" else None)
@@ -169,7 +158,7 @@ def impute(
         rows = cols = np.zeros(0, dtype=np.int64)
         fills = {"imputed": np.zeros(0, dtype=np.float32)}
     elif method == "model":
-        rows, cols, fills = _posterior_predictive(
+        rows, cols, fills = posterior_predictive(
             model, data, interval, point, n_samples, seed, batch_size
         )
     else:
@@ -179,7 +168,7 @@ def impute(
     original = adata.X if layer is None else adata.layers[layer]
     for name, values in fills.items():
         key = f"{key_added}_{name}"
-        _log_written(adata, key)
+        log_written(adata, key)
         adata.layers[key] = _fill(original, rows, columns[cols], values)
     if interval is None:
         for name in ("lower", "upper"):
@@ -235,243 +224,6 @@ def _over_model_genes(
     measured[present] = True
     var = pd.DataFrame({"measured": measured}, index=pd.Index(model.gene_names))
     return AnnData(counts, obs=adata.obs.copy(), var=var)
-
-
-def denoise(
-    adata: AnnData,
-    model: SCVAE,
-    *,
-    library_size: float = 1e4,
-    layer: str | type | None = ...,
-    key_added: str = "scvae",
-    batch_size: int = 1024,
-    transform_batch: str | None = None,
-) -> None:
-    """The model's normalised expression of every gene in every cell.
-
-    Writes ``adata.layers[f"{key_added}_denoised"]`` (dense, float32, the model's genes must
-    be adata's genes): ``library_size`` times each gene's expected share of expression at the
-    posterior mean of z. Unlike :func:`impute`, this replaces *every* entry, observed or not,
-    with a smoothed value on a common scale: use it for visualisation or gene-gene relations,
-    not as data. With ``transform_batch``, every cell's expression is decoded as if it had
-    been measured in that batch of the model (counterfactual expression: the batch effect
-    removed, the cell's latent state kept).
-
-    Examples
-    --------
-    >>> scvae.denoise(adata, model, transform_batch="10x_v3")  # doctest: +SKIP
-    >>> adata.layers["scvae_denoised"]  # doctest: +SKIP
-    """
-    _check_writable(adata, "denoise")
-    check_model(model)
-    check_number("library_size", library_size, low=0, open_low=True)
-    check_int("batch_size", batch_size)
-    check_key("key_added", key_added)
-    key = f"{key_added}_denoised"
-    _check_outputs_not_read([key], layer=model.layer if layer is ... else layer, mask_layer=None)
-    if [str(g) for g in adata.var_names] != model.gene_names:
-        raise ValueError("denoise needs adata to have exactly the model's genes, in order")
-    code = _batch_code(model, transform_batch)
-    data = model.prepare(adata, layer=layer)
-    module, parts = model.module.eval(), []
-    with torch.no_grad():
-        source = MinibatchSource(data, batch_size=batch_size, device=model.device)
-        for b, z, _ in encoded(module, source):
-            ones = torch.full_like(b.library, float(library_size))
-            batches = b.batch_index if code is None else torch.full_like(b.batch_index, code)
-            mean = module.decode(z, ones, batches, covariates=b.covariates).mean
-            parts.append(mean.cpu().numpy())
-    _log_written(adata, key)
-    adata.layers[key] = np.concatenate(parts).astype(np.float32)
-
-
-def _batch_code(model: SCVAE, batch: str | None) -> int | None:
-    """The code of one of the model's batches (``None``: each cell's own)."""
-    if batch is None:
-        return None
-    if not model.batch_categories:
-        raise ValueError("transform_batch needs a model fitted with batch_key")
-    if str(batch) not in model.batch_categories:
-        raise ValueError(
-            f"transform_batch={batch!r} is not a batch of the model "
-            f"(known: {model.batch_categories[:20]})"
-        )
-    return model.batch_categories.index(str(batch))
-
-
-def _check_outputs_not_read(written: list[str], *, layer, mask_layer) -> None:
-    """The layers a call writes must not be the layers it reads: ``key_added`` chosen so
-    that the output lands on the counts (or the mask) would replace the user's data."""
-    for role, read in (("layer", layer), ("mask_layer", mask_layer)):
-        if read in written:
-            raise ValueError(
-                f"key_added would write adata.layers[{read!r}], the {role} this call reads: "
-                "choose another key_added"
-            )
-
-
-def _log_written(adata: AnnData, key: str) -> None:
-    """Layers named ``<key_added>_imputed`` (``_lower``, ``_upper``, ``_denoised``) are
-    scvae's outputs: an existing one, an earlier result, is replaced; say so."""
-    if key in adata.layers:
-        logger.info("replaced %r (adata.layers), the result of an earlier call", key)
-    else:
-        logger.info("added %r (adata.layers)", key)
-
-
-def _check_writable(adata: AnnData, function: str, writes: str = "layers") -> None:
-    """Refuse anything but an AnnData, and a view: the layers would go into a copy anndata
-    makes of it, and a call like ``impute(adata[cells], model)`` would lose them without a
-    word."""
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
-    if adata.is_view:
-        raise ValueError(
-            f"adata is a view (e.g. adata[cells]): {function} writes {writes}, which anndata "
-            "would put into a copy of the view, and the result would be lost. Make the "
-            f"subset an AnnData of its own first: sub = adata[cells].copy(); "
-            f"scvae.{function}(sub, model)"
-        )
-
-
-def predictive_draws(
-    model: SCVAE, data: CountData, *, n_samples: int, seed: int = 0, batch_size: int = 256
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[CountDistribution]]]:
-    """Posterior predictive at the missing entries, one minibatch of cells at a time.
-
-    Yields ``(rows, cols, draws)``: positions of the minibatch's missing entries (rows
-    counted over all of ``data``) and, for each of ``n_samples`` draws z ~ q(z | observed
-    entries), the count distribution p(x | z) at those entries.
-    """
-    module = model.module.eval()
-    source = MinibatchSource(data, batch_size=batch_size, device=model.device)
-    with torch.no_grad(), seeded(seed, model.device):
-        batches = encoded(module, source, only=_has_missing)
-        for start, (b, loc, scale) in zip(
-            range(0, data.n_cells, batch_size), batches, strict=True
-        ):
-            if loc is None:
-                continue
-            rows, cols = (~b.observed).nonzero(as_tuple=True)
-            draws = []
-            for _ in range(n_samples):
-                z = loc + scale * torch.randn_like(loc)
-                counts = module.decode(
-                    z, b.library, b.batch_index, b.observed, covariates=b.covariates
-                )
-                draws.append(counts.at(rows, cols))
-            yield rows + start, cols, draws
-
-
-def _has_missing(batch: Minibatch) -> bool:
-    return batch.observed is not None and not bool(batch.observed.all())
-
-
-def predictive_log_likelihood(
-    adata: AnnData,
-    model: SCVAE,
-    truth,
-    *,
-    n_samples: int = 100,
-    layer: str | type | None = ...,
-    mask_layer: str | type | None = ...,
-    seed: int = 0,
-) -> np.ndarray:
-    """log p(true value | observed entries of the cell) at every missing entry (nats).
-
-    For checking imputation where the hidden values are known (e.g. entries hidden on
-    purpose): ``truth`` is a cells x genes array or sparse matrix aligned with ``adata``
-    holding the true counts. Estimated as ``log mean_s p(x | z_s)`` with z_s drawn from the
-    encoder; the proper score to compare models' imputations. Returns one value per missing
-    entry of the model's genes, in row-major order.
-    """
-    check_model(model)
-    check_int("n_samples", n_samples)
-    check_seed(seed)
-    if not hasattr(truth, "shape"):
-        raise TypeError(f"truth must be an array or a sparse matrix, got {type(truth).__name__}")
-    if tuple(truth.shape) != tuple(adata.shape):
-        raise ValueError(
-            f"truth has shape {tuple(truth.shape)}; it must be aligned with adata "
-            f"{tuple(adata.shape)} (same cells and genes, same order)"
-        )
-    data = model.prepare(adata, layer=layer, mask_layer=mask_layer)
-    columns = align_genes(adata.var_names, model.gene_names)
-    truth = sp.csr_matrix(truth)[:, columns]
-    if data.missing is not None:
-        rows, cols = data.missing.nonzero()
-        hidden = np.asarray(truth[rows, cols], dtype=np.float64).ravel()
-        if not np.isfinite(hidden).all() or (hidden < 0).any() or (hidden % 1 != 0).any():
-            raise ValueError(
-                "truth must hold the true counts (finite non-negative integers) at every "
-                "missing entry; it has NaN, infinite, negative or fractional values there"
-            )
-    out = []
-    for rows, cols, draws in predictive_draws(model, data, n_samples=n_samples, seed=seed):
-        r, c = np.array(rows.cpu()), np.array(cols.cpu())  # writeable copies for scipy
-        values = np.asarray(truth[r, c]).ravel()
-        x = torch.as_tensor(values, dtype=torch.float32, device=rows.device)
-        log_p = torch.stack([d.log_prob(x) for d in draws])
-        out.append((torch.logsumexp(log_p, 0) - math.log(n_samples)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def _posterior_predictive(
-    model: SCVAE,
-    data: CountData,
-    interval: float | None,
-    point: str,
-    n_samples: int,
-    seed: int,
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Predictive mean or median (and interval) at every missing entry."""
-    all_rows, all_cols, points, lowers, uppers = [], [], [], [], []
-    for rows, cols, draws in predictive_draws(
-        model, data, n_samples=n_samples, seed=seed, batch_size=batch_size
-    ):
-        samples = None
-        if interval is not None or point == "median":
-            samples = torch.stack([d.sample() for d in draws])
-        if point == "median":
-            points.append(samples.median(0).values.cpu().numpy())
-        else:  # Rao-Blackwellised: the mean of p(x | z) for each z, averaged over z.
-            points.append(torch.stack([d.mean for d in draws]).mean(0).cpu().numpy())
-        if interval is not None:
-            lower, upper = count_interval(samples, interval)
-            lowers.append(lower.cpu().numpy())
-            uppers.append(upper.cpu().numpy())
-        all_rows.append(rows.cpu().numpy())
-        all_cols.append(cols.cpu().numpy())
-    fills = {"imputed": np.concatenate(points).astype(np.float32)}
-    if interval is not None:
-        fills["lower"] = np.concatenate(lowers).astype(np.float32)
-        fills["upper"] = np.concatenate(uppers).astype(np.float32)
-    return np.concatenate(all_rows), np.concatenate(all_cols), fills
-
-
-def count_interval(draws: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer interval per column of ``draws`` (samples x entries) holding about ``level``.
-
-    For counts no interval holds exactly ``level`` of the predictive mass: the equal-tailed
-    one with integer ends holds at least ``level`` and often much more (a gene that is 0 in
-    95 % of draws gives [0, 0] whatever the level), so intervals built that way cover too
-    often. We take the equal-tailed interval and the two intervals one count shorter at
-    either end, and keep the one whose mass under the draws is closest to ``level``.
-    """
-    tail = (1 - level) / 2
-    lower = torch.quantile(draws, tail, dim=0, interpolation="lower")
-    upper = torch.quantile(draws, 1 - tail, dim=0, interpolation="higher")
-    candidates = [
-        (lower, upper),
-        (torch.minimum(lower + 1, upper), upper),
-        (lower, torch.maximum(upper - 1, lower)),
-    ]
-    masses = torch.stack([((a <= draws) & (draws <= b)).float().mean(0) for a, b in candidates])
-    best = (masses - level).abs().argmin(dim=0)
-    lows = torch.stack([a for a, _ in candidates]).gather(0, best[None]).squeeze(0)
-    highs = torch.stack([b for _, b in candidates]).gather(0, best[None]).squeeze(0)
-    return lows, highs
 
 
 def _baseline(

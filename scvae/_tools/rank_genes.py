@@ -18,7 +18,7 @@ from anndata import AnnData
 from .._model.scvae import SCVAE
 from .differential import GroupPosterior, expected_fdr, group_posterior, lfc_posterior
 from .groups import MIN_CELLS, as_list, check_options, group_labels, shared_batches
-from .impute import _check_writable
+from .outputs import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def rank_genes_groups(
     ...     adata, group="3", key="scvae_rank_genes_groups"
     ... )
     """
-    _check_writable(adata, "rank_genes_groups", writes="adata.uns")
+    check_writable(adata, "rank_genes_groups", writes="adata.uns")
     check_options(
         delta=delta,
         fdr=0.05,

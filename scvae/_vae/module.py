@@ -47,7 +47,7 @@ from .distributions import CountDistribution
 from .networks import MLP
 from .objective import CountRows, batch_mmd
 
-__all__ = ["LIKELIHOODS", "SCVAEModule", "importance_log_likelihood"]
+__all__ = ["LIKELIHOODS", "SCVAEModule"]
 
 
 LIKELIHOODS = ("nb", "zinb", "poisson")
@@ -445,34 +445,6 @@ class SCVAEModule(nn.Module):
         if self.classifier is None:
             raise ValueError("this model has no label head (fit with balance='labels')")
         return torch.softmax(self.classifier(z), dim=-1)
-
-
-@torch.no_grad()
-def importance_log_likelihood(
-    module: SCVAEModule,
-    x: torch.Tensor,
-    library: torch.Tensor,
-    batch_index: torch.Tensor,
-    observed: torch.Tensor | None = None,
-    *,
-    covariates: torch.Tensor | None = None,
-    n_samples: int = 100,
-) -> torch.Tensor:
-    """Per-cell estimate of log p(x) by importance sampling with the guide as proposal.
-
-    ``log p(x) ~= logsumexp_s [log p(x | z_s) + log p(z_s) - log q(z_s | x)] - log S`` with
-    ``z_s ~ q(z | x)``; exact likelihood (constants included), observed entries only.
-    """
-    loc, scale = module.encode(x, library, batch_index, observed, covariates=covariates)
-    q = dist.Normal(loc, scale).to_event(1)
-    prior = module.prior(x.shape[0], loc)
-    log_w = []
-    for _ in range(n_samples):
-        z = q.sample()
-        counts = module.decode(z, library, batch_index, observed, covariates=covariates)
-        log_px = CountRows(counts, observed).log_prob(x)
-        log_w.append(log_px + prior.log_prob(z) - q.log_prob(z))
-    return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(n_samples)
 
 
 def _joined(one_hot: torch.Tensor | None, covariates: torch.Tensor | None) -> torch.Tensor | None:

@@ -2,14 +2,17 @@
 
 The quantity tested is, per gene, the log2 fold change between the *population* mean
 expression of two groups of cells, each cell's expression being the decoder's expected share
-of its counts (library size 1) at its latent position, evaluated in the same batches for both
-groups (batch correction). Its posterior combines the two uncertainties a comparison of
-groups has: where each cell lies (draws of z from the encoder, which reads missing entries as
-missing) and which cells the groups happened to contain (a Bayesian bootstrap over the cells:
-each draw weighs the cells with Dirichlet(1, ..., 1) weights, Rubin 1981). A draw of the group
-means gives one draw of the fold change; ``proba_de`` is the share of draws with
-``|lfc| > delta``, and genes are selected at a posterior expected false discovery rate
-(Newton et al. 2004): the largest set whose mean ``1 - proba_de`` is at most ``fdr``.
+of its counts (library size 1) at its latent position, in its own batch, corrected by the
+group's observed over expected counts. With batch correction the means are taken within
+each batch both groups have cells in and then averaged over those batches (a stratified
+comparison: the groups are compared batch by batch). Its posterior combines the two
+uncertainties a comparison of groups has: where each cell lies (draws of z from the encoder,
+which reads missing entries as missing) and which cells the groups happened to contain (a
+Bayesian bootstrap over the cells: each draw weighs the cells with Dirichlet(1, ..., 1)
+weights, Rubin 1981). A draw of the group means gives one draw of the fold change;
+``proba_de`` is the share of draws with ``|lfc| > delta``, and genes are selected at a
+posterior expected false discovery rate (Newton et al. 2004): the largest set whose mean
+``1 - proba_de`` is at most ``fdr``.
 
 Means are reported as expected counts per cell at the median depth of the compared cells,
 and the fold change is of ``mean + pseudocount`` in those units, so that a gene at a tiny
@@ -56,8 +59,12 @@ class GroupPosterior:
 
     Attributes
     ----------
-    draws
-        ``(n_samples, genes)`` draws of the group's mean expression share per gene.
+    batch_draws
+        ``(n_samples, batches, genes)`` draws of the group's mean expression share per gene
+        among its cells of each compared batch (one "batch" of all cells without batch
+        correction).
+    batch_cells
+        The group's cells in each compared batch (all of them, also when fewer were drawn).
     raw_mean
         Observed mean count per cell (over the cells where the gene is observed).
     frac_nonzero
@@ -66,10 +73,16 @@ class GroupPosterior:
         Cells in the group (all of them, also when fewer were drawn for the posterior).
     """
 
-    draws: np.ndarray
+    batch_draws: np.ndarray
+    batch_cells: np.ndarray
     raw_mean: np.ndarray
     frac_nonzero: np.ndarray
     n_cells: int
+
+    @property
+    def draws(self) -> np.ndarray:
+        """``(n_samples, genes)`` draws of the batch-corrected mean: the mean over batches."""
+        return self.batch_draws.mean(axis=1)
 
 
 def group_posterior(
@@ -83,65 +96,92 @@ def group_posterior(
     seed: int,
     batch_size: int = 256,
 ) -> GroupPosterior:
-    """Posterior draws of the mean expression of the cells ``rows`` of ``data``.
+    """Posterior draws of the mean expression of the cells ``rows`` of ``data``, per batch.
 
-    ``batch_codes``: the mean over these batches of the model of every cell's expression
-    decoded in that batch (``None``: each cell in its own batch). At most ``max_cells``
-    cells (a random subset) enter the draws; the observed summaries use all of them.
+    ``batch_codes``: the batches compared (those both groups have cells in); the group's
+    cells in other batches are left out. ``None``: all the group's cells as one stratum (no
+    correction). At most ``max_cells`` cells (a random subset, drawn in each batch in
+    proportion to its cells) enter the draws; the observed summaries use all of them.
     """
-    rng = np.random.default_rng(seed)
     rows = np.asarray(rows)
-    drawn = np.sort(rng.choice(rows, max_cells, replace=False)) if len(rows) > max_cells else rows
+    strata = _strata(data, rows, batch_codes)
+    drawn = _subset(strata, max_cells, np.random.default_rng(seed))
     module = model.module.eval()
-    strata = [None] if batch_codes is None else list(batch_codes)
     shape = (n_samples, len(strata), data.n_genes)
     decoded, counts, expected = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    totals = np.zeros((n_samples, 1, 1))
+    totals = np.zeros((n_samples, len(strata), 1))
+    raw_mean, frac_nonzero = _observed_summaries(data, rows)
+    batch_cells = np.array([len(s) for s in strata])
+    if len(drawn) == 0:  # a part of "the rest" with no cell in the compared batches
+        return GroupPosterior(np.zeros(shape), batch_cells, raw_mean, frac_nonzero, len(rows))
+    codes = None if batch_codes is None else torch.as_tensor(batch_codes)
     source = MinibatchSource(data, drawn, batch_size=batch_size, device=model.device)
     with torch.no_grad(), seeded(seed, model.device):
         for b, loc, scale in encoded(module, source):
             weights = torch.distributions.Exponential(torch.ones(n_samples, len(loc))).sample()
             weights = weights.to(loc)
+            # (batches, cells): which compared batch each cell was measured in.
+            if codes is None:
+                member = torch.ones(1, len(loc), dtype=loc.dtype, device=loc.device)
+            else:
+                member = (b.batch_index[None, :] == codes.to(b.batch_index)[:, None]).to(loc)
             x = b.x if b.observed is None else b.x * b.observed
             n, genes = b.x.shape
             # Several draws in one forward pass: (draws x cells) rows.
             step = max(1, min(n_samples, DRAW_ROWS // max(n * genes, 1)))
             for first in range(0, n_samples, step):
                 k_draws = min(step, n_samples - first)
-                w = weights[first : first + k_draws]  # (draws, cells)
+                part = slice(first, first + k_draws)
                 eps = torch.randn((k_draws, *loc.shape), dtype=loc.dtype, device=loc.device)
                 z = (loc + scale * eps).reshape(k_draws * n, -1)
                 covariates = None if b.covariates is None else b.covariates.repeat(k_draws, 1)
                 ones = torch.ones(k_draws * n, dtype=loc.dtype, device=loc.device)
-                for k, code in enumerate(strata):
-                    batches = b.batch_index.repeat(k_draws)
-                    if code is not None:
-                        batches = torch.full_like(batches, code)
-                    share = module.decode(z, ones, batches, covariates=covariates).mean
-                    share = share.reshape(k_draws, n, genes)
-                    # The cells measured in this batch, as measured: observed and expected.
-                    here = w if code is None else w * (b.batch_index == code)
-                    fitted = share * b.library[:, None]
-                    if b.observed is not None:
-                        fitted = fitted * b.observed
-                    part = slice(first, first + k_draws)
-                    decoded[part, k] += _weighted(w, share)
-                    counts[part, k] += (here @ x).double().cpu().numpy()
-                    expected[part, k] += _weighted(here, fitted)
-            totals += weights.sum(dim=1).double().cpu().numpy()[:, None, None]
-    # In each batch, the model's mean of the group decoded there, times the group's observed
-    # over expected counts in that batch (same cells, same weights): the data correct the
-    # decoder where it is off (also in how it took the batch effect), and the counts' own
-    # noise enters the posterior. Then the mean over the batches.
+                batches = b.batch_index.repeat(k_draws)
+                share = module.decode(z, ones, batches, covariates=covariates).mean
+                share = share.reshape(k_draws, n, genes)
+                fitted = share * b.library[:, None]
+                if b.observed is not None:
+                    fitted = fitted * b.observed
+                here = weights[part, None, :] * member[None]  # (draws, batches, cells)
+                decoded[part] += _weighted(here, share)
+                counts[part] += torch.einsum("dsc,cg->dsg", here, x).double().cpu().numpy()
+                expected[part] += _weighted(here, fitted)
+                totals[part] += here.sum(dim=2, keepdim=True).double().cpu().numpy()
+    # In each batch, the model's mean over the group's cells measured there, times their
+    # observed over expected counts (same cells, same weights): where the decoder is off for
+    # a gene the counts correct it, and their noise enters the posterior. Each cell is
+    # decoded in its own batch: decoded in another one, the condition a batch is rich in
+    # would partly be removed with the batch (the decoder learns it from both).
     ratio = np.divide(counts, expected, out=np.ones(shape), where=expected > 0)
-    draws = (decoded / totals * ratio).mean(axis=1)
-    raw_mean, frac_nonzero = _observed_summaries(data, rows)
-    return GroupPosterior(draws, raw_mean, frac_nonzero, len(rows))
+    batch_draws = np.divide(decoded, totals, out=np.zeros(shape), where=totals > 0) * ratio
+    return GroupPosterior(batch_draws, batch_cells, raw_mean, frac_nonzero, len(rows))
+
+
+def _strata(data: CountData, rows: np.ndarray, batch_codes: list[int] | None) -> list[np.ndarray]:
+    """The rows of each compared batch (all rows as one without batch correction)."""
+    if batch_codes is None:
+        return [rows]
+    batch = data.batch_index[rows]
+    return [rows[batch == code] for code in batch_codes]
+
+
+def _subset(strata: list[np.ndarray], max_cells: int, rng: np.random.Generator) -> np.ndarray:
+    """At most about ``max_cells`` rows, each batch in proportion, each keeping a cell."""
+    total = sum(len(s) for s in strata)
+    if total <= max_cells:
+        return np.sort(np.concatenate(strata)).astype(np.int64)
+    kept = [
+        rng.choice(s, max(1, round(max_cells * len(s) / total)), replace=False)
+        for s in strata
+        if len(s)
+    ]
+    return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
 def _weighted(weights: torch.Tensor, values: torch.Tensor) -> np.ndarray:
-    """Per draw, the weighted sum over cells: ``(draws, cells) x (draws, cells, genes)``."""
-    return torch.einsum("dc,dcg->dg", weights, values).double().cpu().numpy()
+    """Per draw and batch, the weighted sum over cells: ``(draws, batches, cells) x (draws,
+    cells, genes)``."""
+    return torch.einsum("dsc,dcg->dsg", weights, values).double().cpu().numpy()
 
 
 def _observed_summaries(data: CountData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,9 +324,10 @@ def differential_expression(
     fdr
         Expected false discovery rate of the genes flagged ``is_de``.
     batch_correction
-        Evaluate the expression of both groups in each batch they share (the average over
-        those batches), so that a difference in how the groups spread over batches is not
-        reported as a difference between the groups. ``False``: each cell in its own batch.
+        Compare the groups within each batch they both have cells in and average over
+        those batches, so that a difference in how the groups spread over batches is not
+        reported as a difference between the groups (cells of a batch the other group
+        lacks are left out). ``False``: all cells of each group as one, as measured.
     pseudocount
         Added to both means (expected counts per cell at the median depth) before the ratio.
     n_samples

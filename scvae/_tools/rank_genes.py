@@ -202,17 +202,24 @@ def _scanpy_format(
 
 
 def _pooled(parts: list[GroupPosterior]) -> GroupPosterior:
-    """Several groups as one: each part weighted by its number of cells."""
+    """Several groups as one: in each batch, each part weighted by its cells there."""
     if len(parts) == 1:
         return parts[0]
-    weights = np.array([p.n_cells for p in parts], dtype=float)
-    weights /= weights.sum()
+    cells = np.stack([p.batch_cells for p in parts]).astype(float)  # (parts, batches)
+    in_batch = cells / np.maximum(cells.sum(axis=0, keepdims=True), 1.0)
+    batch_draws = sum(
+        w[None, :, None] * p.batch_draws for w, p in zip(in_batch, parts, strict=True)
+    )
+    overall = np.array([p.n_cells for p in parts], dtype=float)
+    overall /= overall.sum()
 
     def mix(field: str) -> np.ndarray:
-        return sum(w * getattr(p, field) for w, p in zip(weights, parts, strict=True))
+        return sum(w * getattr(p, field) for w, p in zip(overall, parts, strict=True))
 
     n_cells = int(sum(p.n_cells for p in parts))
-    return GroupPosterior(mix("draws"), mix("raw_mean"), mix("frac_nonzero"), n_cells)
+    return GroupPosterior(
+        batch_draws, cells.sum(axis=0).astype(int), mix("raw_mean"), mix("frac_nonzero"), n_cells
+    )
 
 
 def _categories(adata: AnnData, groupby: str, labels: pd.Series) -> list[str]:

@@ -126,7 +126,11 @@ def simulated(batch_log_fold: float = SIM_BATCH_LOG_FOLD, seed: int = 0) -> AnnD
 
 
 def load(
-    name: str, *, max_cells: int | None = None, sim_batch_log_fold: float = SIM_BATCH_LOG_FOLD
+    name: str,
+    *,
+    max_cells: int | None = None,
+    sim_batch_log_fold: float = SIM_BATCH_LOG_FOLD,
+    hvg_batches: list[str] | None = None,
 ) -> AnnData:
     """Raw counts of ``name`` with ``obs["batch"]`` and ``obs["cell_type"]``, on the HVGs.
 
@@ -138,6 +142,9 @@ def load(
         Subsample to this many cells first (seed 0), e.g. for ``--quick``.
     sim_batch_log_fold
         Strength of the batch effect of ``"simulated"`` (see :func:`simulated`).
+    hvg_batches
+        Choose the HVGs on the cells of these batches only (default: all cells), e.g. a
+        mapping's reference, which the query must not influence.
 
     Returns
     -------
@@ -166,9 +173,11 @@ def load(
         adata = adata[np.sort(rng.choice(adata.n_obs, max_cells, replace=False))].copy()
         sc.pp.filter_genes(adata, min_cells=1)
     if adata.n_vars > N_HVG + 3:
-        sc.pp.highly_variable_genes(
-            adata, flavor="seurat_v3", n_top_genes=N_HVG, batch_key="batch", subset=True
-        )
+        on = adata
+        if hvg_batches is not None:
+            on = adata[adata.obs["batch"].isin(hvg_batches).to_numpy()].copy()
+        sc.pp.highly_variable_genes(on, flavor="seurat_v3", n_top_genes=N_HVG, batch_key="batch")
+        adata = adata[:, on.var["highly_variable"].to_numpy()]
         adata = AnnData(X=adata.X, obs=adata.obs, var=pd.DataFrame(index=adata.var_names))
     empty = np.asarray(adata.X.sum(axis=1)).ravel() == 0
     if empty.any():

@@ -11,7 +11,7 @@ import torch
 from anndata import AnnData
 
 from .._batches.rows import MinibatchSource
-from .._data.checks import align_genes
+from .._data.checks import align_genes, missing_genes
 from .._data.counts import CountData
 from .._data.covariates import CovariateLayout
 from .._data.memory import prepare_counts
@@ -129,7 +129,9 @@ class SCVAE:
         if backed:
             return read_counts(adata, spec, for_fit=False)
         data = prepare_counts(adata, **vars(spec))
-        if data.missing is not None and not self.module.encode_mask:
+        # A panel query's own encoder was trained with its absent genes missing: no bias.
+        panel = self.module.query_encoder is not None and bool(missing_genes(data))
+        if data.missing is not None and not self.module.encode_mask and not panel:
             logger.warning(
                 "this model was fitted without missing values: its encoder cannot tell a "
                 "missing entry from a zero, so the latent position of cells with missing "

@@ -3,8 +3,9 @@
 Each group is compared with the rest of the cells (or with one reference group) as in
 :func:`~scvae.differential_expression`; the result is written where and how
 ``sc.tl.rank_genes_groups`` writes its own, so that ``sc.pl.rank_genes_groups*`` and
-``sc.get.rank_genes_groups_df`` read it unchanged. The rest's posterior is the mixture of the
-other groups' posteriors, each weighted by its number of cells: every group is encoded once.
+``sc.get.rank_genes_groups_df`` read it unchanged. The rest's posterior is, in each compared
+batch, the mixture of the other groups' posteriors there, each weighted by its number of
+cells in that batch: every group is encoded once.
 """
 
 from __future__ import annotations

@@ -97,9 +97,12 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def environment(seed: int) -> dict:
+def environment(seed: int, extra_libraries: tuple[str, ...] = ()) -> dict:
+    """Library versions (with ``extra_libraries``, e.g. a benchmark's peers), machine, device
+    and threads, for a benchmark's JSON."""
     libs = {}
-    for lib in ("scvae-pyro", "torch", "pyro-ppl", "scvi-tools", "anndata", "scanpy", "numpy"):
+    core = ("scvae-pyro", "torch", "pyro-ppl", "scvi-tools", "anndata", "scanpy", "numpy")
+    for lib in (*core, *extra_libraries):
         try:
             libs[lib] = version(lib)
         except Exception:

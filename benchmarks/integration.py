@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -449,13 +448,8 @@ def main() -> None:
         dataset_rows, descriptions[name], metric_type = run_dataset(name, args)
         rows += dataset_rows
     summary = medians(rows)
-    env = environment(seed=args.seeds[0])
+    env = environment(seed=args.seeds[0], extra_libraries=PEER_LIBRARIES)
     env["seeds"] = args.seeds
-    for lib in PEER_LIBRARIES:
-        try:
-            env["libraries"][lib] = version(lib)
-        except Exception:
-            env["libraries"][lib] = "not installed"
     table = markdown_table(summary, table_columns(metric_type))
     epochs = "each tool's default" if args.max_epochs is None else f"at most {args.max_epochs}"
     header = "\n".join(

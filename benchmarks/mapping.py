@@ -73,7 +73,6 @@ import logging
 import os
 import time
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -254,19 +253,23 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     labels_query = query.obs["cell_type"].astype(str).to_numpy()
     embeddings, seconds, predicted, epochs_trained = {}, {}, {}, {}
 
+    def fit_labelled(adata: AnnData) -> scvae.SCVAE:
+        """scvae's fit with the label head, as the reference and the de novo fit use it."""
+        return scvae.fit(
+            adata,
+            batch_key="batch",
+            labels_key="cell_type",
+            balance="labels",
+            max_epochs=epochs,
+            seed=seed,
+            progress=False,
+        )
+
     # scvae: reference, then the query mapped onto it.
     logger.info("%s seed %d: scvae reference", name, seed)
     ref_scvae = ref.copy()
     started = time.perf_counter()
-    model = scvae.fit(
-        ref_scvae,
-        batch_key="batch",
-        labels_key="cell_type",
-        balance="labels",
-        max_epochs=epochs,
-        seed=seed,
-        progress=False,
-    )
+    model = fit_labelled(ref_scvae)
     ref_seconds = time.perf_counter() - started
     q = query.copy()
     started = time.perf_counter()
@@ -283,15 +286,7 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     both.obs.loc[both.obs_names[ref.n_obs :], "cell_type"] = np.nan
     both.obs["cell_type"] = pd.Categorical(both.obs["cell_type"])
     started = time.perf_counter()
-    denovo = scvae.fit(
-        both,
-        batch_key="batch",
-        labels_key="cell_type",
-        balance="labels",
-        max_epochs=epochs,
-        seed=seed,
-        progress=False,
-    )
+    denovo = fit_labelled(both)
     seconds["scvae (de novo)"] = (time.perf_counter() - started, None)
     epochs_trained["scvae (de novo)"] = (n_epochs(denovo), None)
     z = both.obsm["X_scvae"]
@@ -534,13 +529,8 @@ def write_results(rows, panel_rows, descriptions, args, *, final: bool) -> None:
     """The two tables (medians over seeds) to ``args.out`` (JSON) and its ``.md``; printed
     when ``final``."""
     summary, panel_summary = medians(rows), medians(panel_rows)
-    env = environment(seed=args.seeds[0])
+    env = environment(seed=args.seeds[0], extra_libraries=PEER_LIBRARIES)
     env["seeds"] = args.seeds
-    for lib in PEER_LIBRARIES:
-        try:
-            env["libraries"][lib] = version(lib)
-        except Exception:
-            env["libraries"][lib] = "not installed"
     header = "\n".join(
         [
             f"Query mapping (leave one batch out); median over seeds {args.seeds}; each tool's "

@@ -168,14 +168,13 @@ def _strata(data: CountData, rows: np.ndarray, batch_codes: list[int] | None) ->
 def _subset(strata: list[np.ndarray], max_cells: int, rng: np.random.Generator) -> np.ndarray:
     """At most about ``max_cells`` rows, each batch in proportion, each keeping a cell."""
     total = sum(len(s) for s in strata)
-    if total <= max_cells:
-        return np.sort(np.concatenate(strata)).astype(np.int64)
-    kept = [
-        rng.choice(s, max(1, round(max_cells * len(s) / total)), replace=False)
-        for s in strata
-        if len(s)
-    ]
-    return np.sort(np.concatenate(kept)).astype(np.int64)
+    if total > max_cells:
+        strata = [
+            rng.choice(s, max(1, round(max_cells * len(s) / total)), replace=False)
+            for s in strata
+            if len(s)
+        ]
+    return np.sort(np.concatenate(strata)).astype(np.int64)
 
 
 def _weighted(weights: torch.Tensor, values: torch.Tensor) -> np.ndarray:

@@ -447,6 +447,15 @@ def main() -> None:
     for name in args.datasets:
         dataset_rows, descriptions[name], metric_type = run_dataset(name, args)
         rows += dataset_rows
+        # The results so far, rewritten after each dataset (a long run keeps what it did).
+        write_results(rows, descriptions, metric_type, args, final=name == args.datasets[-1])
+
+
+def write_results(
+    rows: list[dict], descriptions: dict, metric_type: dict, args, *, final: bool
+) -> None:
+    """The table of medians over seeds to ``args.out`` (JSON) and its ``.md``; printed when
+    ``final``."""
     summary = medians(rows)
     env = environment(seed=args.seeds[0], extra_libraries=PEER_LIBRARIES)
     env["seeds"] = args.seeds
@@ -465,7 +474,8 @@ def main() -> None:
             ),
         ]
     )
-    print(header + "\n\n" + table)  # a benchmark script reports on stdout
+    if final:
+        print(header + "\n\n" + table)  # a benchmark script reports on stdout
     write_json(
         args.out,
         {

@@ -246,7 +246,6 @@ def scvi_query(cls, query: AnnData, reference, quick: bool):
 
 def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tuple[list, list]:
     """One seed of ``name``: the rows of the mapping table and of the panel table."""
-    import scvi
 
     epochs = QUICK_EPOCHS if args.quick else None
     labels_ref = ref.obs["cell_type"].astype(str).to_numpy()
@@ -293,26 +292,11 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     embeddings["scvae (de novo)"] = (z[: ref.n_obs], z[ref.n_obs :])
     predicted["scvae (de novo)"] = denovo.predict_labels(query).astype(str).to_numpy()
 
-    # scvi-tools: SCVI and SCANVI references, their queries.
-    logger.info("%s seed %d: scvi-tools", name, seed)
-    scvi_ref, scanvi_ref, scvi_s, scanvi_s = fit_scvi_reference(ref, seed, args.quick)
-    scvi_q, map_s = scvi_query(scvi.model.SCVI, query.copy(), scvi_ref, args.quick)
-    seconds["SCVI (query)"] = (scvi_s, map_s)
-    epochs_trained["SCVI (query)"] = (n_epochs(scvi_ref), n_epochs(scvi_q))
-    embeddings["SCVI (query)"] = (
-        scvi_ref.get_latent_representation(),
-        scvi_q.get_latent_representation(),
-    )
-    hidden = query.copy()
-    hidden.obs["cell_type"] = "Unknown"
-    scanvi_q, map_s = scvi_query(scvi.model.SCANVI, hidden, scanvi_ref, args.quick)
-    seconds["SCANVI (query)"] = (scvi_s + scanvi_s, map_s)
-    epochs_trained["SCANVI (query)"] = (n_epochs(scanvi_ref), n_epochs(scanvi_q))
-    embeddings["SCANVI (query)"] = (
-        scanvi_ref.get_latent_representation(),
-        scanvi_q.get_latent_representation(),
-    )
-    predicted["SCANVI (query)"] = np.asarray(scanvi_q.predict(), dtype=str)
+    scvi_ref = None
+    if not args.scvae_only:
+        scvi_ref = scvi_tools_rows(
+            query, ref, seed, args, embeddings, seconds, predicted, epochs_trained
+        )
 
     # Unintegrated PCA of reference + query (the Benchmarker's pre-integration embedding).
     pcs = unintegrated_pca(both, seed)
@@ -335,7 +319,7 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     }
     scores = scib_scores(obs, joined)
     rows = []
-    for method in METHODS:
+    for method in (m for m in METHODS if m in embeddings):
         z_ref, z_query = embeddings[method]
         row = {"dataset": name, "seed": seed, "method": method}
         row["ref_seconds"], row["map_seconds"] = seconds[method]
@@ -359,6 +343,34 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     return rows, panel_rows
 
 
+def scvi_tools_rows(query, ref, seed, args, embeddings, seconds, predicted, epochs_trained):
+    """scvi-tools' SCVI and SCANVI references and their queries, added to the dicts of
+    :func:`mapping_rows`; the SCVI reference (for the panel query)."""
+    import scvi
+
+    logger.info("seed %d: scvi-tools", seed)
+    scvi_ref, scanvi_ref, scvi_s, scanvi_s = fit_scvi_reference(ref, seed, args.quick)
+    scvi_q, map_s = scvi_query(scvi.model.SCVI, query.copy(), scvi_ref, args.quick)
+    seconds["SCVI (query)"] = (scvi_s, map_s)
+    epochs_trained["SCVI (query)"] = (n_epochs(scvi_ref), n_epochs(scvi_q))
+    embeddings["SCVI (query)"] = (
+        scvi_ref.get_latent_representation(),
+        scvi_q.get_latent_representation(),
+    )
+    hidden = query.copy()
+    hidden.obs["cell_type"] = "Unknown"
+    scanvi_q, map_s = scvi_query(scvi.model.SCANVI, hidden, scanvi_ref, args.quick)
+    seconds["SCANVI (query)"] = (scvi_s + scanvi_s, map_s)
+    epochs_trained["SCANVI (query)"] = (n_epochs(scanvi_ref), n_epochs(scanvi_q))
+    embeddings["SCANVI (query)"] = (
+        scanvi_ref.get_latent_representation(),
+        scanvi_q.get_latent_representation(),
+    )
+    predicted["SCANVI (query)"] = np.asarray(scanvi_q.predict(), dtype=str)
+
+    return scvi_ref
+
+
 def _concat(ref: AnnData, query: AnnData) -> AnnData:
     """Reference then query, on the same genes, with ``batch`` and ``cell_type``."""
     X = sp.vstack([sp.csr_matrix(ref.X), sp.csr_matrix(query.X)]).tocsr()
@@ -379,7 +391,6 @@ def panel_genes(genes: pd.Index) -> np.ndarray:
 def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     """The panel query: imputation of its unmeasured genes by scvae, SCVI zero padding and
     kNN averaging; one row per method."""
-    import scvi
 
     epochs = QUICK_EPOCHS if args.quick else None
     measured = panel_genes(ref.var_names)
@@ -405,17 +416,18 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     share["scvae"] = shares(imputed)[:, full.var_names.get_indexer(unmeasured)]
     knn["scvae"] = knn_transfer(model.embed(ref), labels_ref, q.obsm["X_scvae"])
 
-    padded = query_panel.copy()
-    scvi.model.SCVI.prepare_query_anndata(padded, scvi_ref)
-    padded_model, seconds["SCVI zero padding"] = scvi_query(
-        scvi.model.SCVI, padded, scvi_ref, args.quick
-    )
-    epochs_trained["SCVI zero padding"] = n_epochs(padded_model)
-    normalized = padded_model.get_normalized_expression(padded, library_size=1.0)
-    share["SCVI zero padding"] = normalized[unmeasured].to_numpy(dtype=np.float64)
-    knn["SCVI zero padding"] = knn_transfer(
-        scvi_ref.get_latent_representation(), labels_ref, padded_model.get_latent_representation()
-    )
+    if scvi_ref is not None:
+        scvi_zero_padding(
+            query_panel,
+            scvi_ref,
+            unmeasured,
+            labels_ref,
+            args,
+            share,
+            seconds,
+            knn,
+            epochs_trained,
+        )
 
     started = time.perf_counter()
     ref_log = ref[:, measured].copy()
@@ -442,7 +454,7 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     informative = per_gene_r(truth, type_mean)[0] >= INFORMATIVE_R
 
     rows = []
-    for method in (*PANEL_METHODS, ORACLE):
+    for method in (*(m for m in PANEL_METHODS if m in share), ORACLE):
         if method == ORACLE:
             pearson, spearman = per_gene_r(truth, type_mean)
         else:
@@ -469,6 +481,26 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
             row["median Spearman r"],
         )
     return rows
+
+
+def scvi_zero_padding(
+    query_panel, scvi_ref, unmeasured, labels_ref, args, share, seconds, knn, epochs_trained
+):
+    """scArches' way with the SCVI reference: the panel query padded with zeros, mapped, its
+    unmeasured genes read from the decoder; added to the dicts of :func:`panel`."""
+    import scvi
+
+    padded = query_panel.copy()
+    scvi.model.SCVI.prepare_query_anndata(padded, scvi_ref)
+    padded_model, seconds["SCVI zero padding"] = scvi_query(
+        scvi.model.SCVI, padded, scvi_ref, args.quick
+    )
+    epochs_trained["SCVI zero padding"] = n_epochs(padded_model)
+    normalized = padded_model.get_normalized_expression(padded, library_size=1.0)
+    share["SCVI zero padding"] = normalized[unmeasured].to_numpy(dtype=np.float64)
+    knn["SCVI zero padding"] = knn_transfer(
+        scvi_ref.get_latent_representation(), labels_ref, padded_model.get_latent_representation()
+    )
 
 
 def _median(values: np.ndarray) -> float | None:
@@ -583,6 +615,11 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--scvae-only",
+        action="store_true",
+        help="leave out scvi-tools (SCVI, SCANVI, zero padding): scvae, PCA and kNN averaging",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mapping.json"))
     parser.add_argument(
         "--quick",

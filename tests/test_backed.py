@@ -99,7 +99,7 @@ def test_backed_fit_recovers_groups_like_in_memory_fit(backed_file, backed_fit):
     model, backed, digest_before = backed_fit
     labels = backed.obs["cell_type"].to_numpy()
     z_backed = backed.obsm["X_scvae"]
-    assert z_backed.shape == (2000, 10)
+    assert z_backed.shape == (2000, 30)
     memory = in_memory.copy()
     scvae.fit(memory, batch_key="batch", max_epochs=15, progress=False)
     acc_backed = metrics.knn_scores(z_backed, labels)["accuracy"]
@@ -218,7 +218,7 @@ def test_cli_fit_then_embed_a_file(backed_file, tmp_path):
         main(["--debug", *args])
     assert main(["embed", str(path), "--model", str(model_dir), "--out", str(out)]) == 0
     written = anndata.read_h5ad(out)
-    assert written.obsm["X_scvae"].shape == (2000, 10)
+    assert written.obsm["X_scvae"].shape == (2000, 30)
     assert list(written.obs_names) == list(in_memory.obs_names)
     np.testing.assert_allclose(
         written.obsm["X_scvae"], scvae.load(model_dir).embed(in_memory), atol=1e-5

@@ -1645,7 +1645,7 @@ def _(env):
 def _(env):
     a = query_of(env)
     fit(a, reference=env.model)
-    assert "X_scvae" in a.obsm and a.obsm["X_scvae"].shape == (120, 10)
+    assert "X_scvae" in a.obsm and a.obsm["X_scvae"].shape == (120, 30)
     assert not np.isnan(a.obsm["X_scvae"]).any()
     env.caplog.clear()
     b = query_of(env)

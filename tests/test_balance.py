@@ -96,8 +96,7 @@ def test_label_balancing_raises_rare_group_recall():
     adata = _rare_group_data()
     labels = adata.obs["cell_type"].to_numpy()
     recalls = {None: [], "labels": []}
-    # Without balancing, the rare groups' recall depends much on the seed (0.10-0.55 seen):
-    # the medians of three seeds are compared.
+    # Without balancing, the rare groups' recall depends much on the seed: three seeds.
     for seed in (0, 1, 2):
         for balance in recalls:
             model = quick_fit(
@@ -110,7 +109,10 @@ def test_label_balancing_raises_rare_group_recall():
             )
             scores = metrics.knn_scores(model.embed(adata), labels)
             recalls[balance].append(scores["recall_smallest3"])
-    assert np.median(recalls["labels"]) > np.median(recalls[None]) + 0.2, recalls
+    # Under the mixture prior (the default since issue 19) the unbalanced fits already find
+    # about half of the rare cells (medians 0.49 without, 0.67 with balancing on this data).
+    gains = np.subtract(recalls["labels"], recalls[None])
+    assert (gains > 0).all() and np.median(gains) > 0.1, recalls
 
 
 def test_label_head_predicts_unlabelled_cells():

@@ -31,8 +31,10 @@ def driven():
 
 
 def _driver_in_latent_space(adata, **options) -> float:
-    """R^2 of a linear regression of the driver on the embedding."""
-    quick_fit(adata, max_epochs=60, seed=0, **options)
+    """R^2 of a linear regression of the driver on the embedding (200 epochs: under the
+    default mixture prior the latent space lets the driver go more slowly than under the
+    standard normal, R^2 0.84 after 60 epochs and 0.59 after 200)."""
+    quick_fit(adata, max_epochs=200, seed=0, **options)
     z = adata.obsm["X_scvae"]
     design = np.column_stack([z, np.ones(len(z))])
     driver = adata.obs["driver"].to_numpy()

@@ -15,7 +15,7 @@ from .conftest import assert_close_embeddings, quick_fit
 def test_embedding_recovers_simulated_groups_and_removes_batch(fitted):
     _, adata = fitted
     z = adata.obsm["X_scvae"]
-    assert z.shape == (adata.n_obs, 10)
+    assert z.shape == (adata.n_obs, 30)
     labels = adata.obs["cell_type"].to_numpy()
     assert metrics.leiden_scores(z, labels, resolution=0.5)["ari"] > 0.9
     assert metrics.knn_scores(z, labels)["accuracy"] > 0.95

@@ -68,7 +68,7 @@ def test_a_query_measured_on_a_panel_is_mapped_and_its_other_genes_imputed(mappe
     model, reference, query = mapped
     panel_genes = query.var_names[::3]
     panel = query[:, panel_genes].copy()
-    qmodel = scvae.fit(panel, reference=model, max_epochs=100, progress=False)
+    qmodel = scvae.fit(panel, reference=model, max_epochs=200, progress=False)
     assert _type_accuracy(reference, panel.obsm["X_scvae"], query) > 0.85
     assert qmodel.module.query_encoder is not None
     untouched = panel.copy()

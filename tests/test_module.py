@@ -97,7 +97,7 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_repeats_with_the_seed(p):
 def test_batch_mmd_matches_the_pairwise_definition_and_sees_separated_batches():
     """The vectorised MMD of every batch against the rest equals the textbook estimate
     computed batch by batch, and is large only when the batches sit apart."""
-    from scvae._vae.objective import MMD_BANDWIDTHS, batch_mmd
+    from scvae._vae.objective import MMD_KERNEL_WIDTHS, batch_mmd
 
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(300, 4, generator=generator)
@@ -106,7 +106,8 @@ def test_batch_mmd_matches_the_pairwise_definition_and_sees_separated_batches():
     def direct(a, b):
         points = torch.cat([a, b])
         squared = torch.cdist(points, points).square()
-        kernel = sum(torch.exp(-squared / (2 * h * h)) for h in MMD_BANDWIDTHS)
+        scale = squared.median()
+        kernel = sum(torch.exp(-squared / (w * scale)) for w in MMD_KERNEL_WIDTHS)
         n = len(a)
         return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 
@@ -114,6 +115,9 @@ def test_batch_mmd_matches_the_pairwise_definition_and_sees_separated_batches():
     expected = sum(direct(shifted[batches == b], shifted[batches != b]) for b in range(3)) / 3
     torch.testing.assert_close(batch_mmd(shifted, batches, 3), expected)
     assert batch_mmd(shifted, batches, 3) > 10 * batch_mmd(z, batches, 3)
+    # The kernels follow the latent scale: the same configuration, ten times wider, scores
+    # the same (fixed bandwidths would see no pair as close and score it near zero).
+    torch.testing.assert_close(batch_mmd(10 * shifted, batches, 3), batch_mmd(shifted, batches, 3))
     # A batch of one cell is left out rather than measured.
     lone = torch.zeros(300, dtype=torch.long)
     lone[0] = 1

@@ -135,14 +135,13 @@ def fit(
     dispersion
         ``"gene"`` or ``"gene-batch"``: one NB inverse dispersion per gene (and batch).
     n_latent, n_hidden, n_layers, dropout
-        Latent dimensions (default 30, or 10 with a batch key or covariates); width and depth
+        Latent dimensions (default 30); width and depth
         of encoder/decoder; encoder dropout. Dimensions
         the data do not need collapse onto the prior (``adata.uns[key_added]
         ["n_active_units"]`` counts those in use); see docs/embedding.md for choosing it.
     prior_components
         The prior of z: a learned mixture of this many diagonal normals (weights, means and
-        scales trained with the rest), or the standard normal with 0. Default 20, or 0 with a
-        batch key or covariates (batch alignment was measured with the standard normal). The
+        scales trained with the rest), or the standard normal with 0. Default 20. The
         mixture lets cells of one type gather around a component instead of spreading over
         the whole prior: neighbourhoods, clusters and the held-out likelihood all improve
         (docs/embedding.md). Data with one continuous trajectory and no types may be split

@@ -27,6 +27,10 @@ __all__ = ["BALANCE", "DEFAULT_ALIGNMENT", "FitSettings", "default_lr", "default
 BALANCE = (None, "labels", "batch", "auto")
 #: Weight of the batch-alignment (MMD) term when ``batch_alignment`` is not given.
 DEFAULT_ALIGNMENT = 10.0
+#: The default latent space: a learned mixture of 20 diagonal normals in 30 dimensions, with or
+#: without batches and covariates (docs/embedding.md, docs/mapping.md).
+DEFAULT_N_LATENT = 30
+DEFAULT_PRIOR_COMPONENTS = 20
 # Options that do not change what is trained: a checkpoint may be resumed with other values.
 _FREE_FOR_RESUME = frozenset(
     {"max_epochs", "patience", "early_stopping", "progress", "checkpoint_dir"}
@@ -246,12 +250,13 @@ class FitSettings:
         kl_warmup = max(1, max_epochs // 8) if self.kl_warmup is None else int(self.kl_warmup)
         lr = default_lr(self.batch_size * world_size) if self.lr is None else self.lr
         alignment = DEFAULT_ALIGNMENT if self.batch_alignment is None else self.batch_alignment
-        n_latent, components = self.default_latent()
         return replace(
             self,
-            n_latent=int(n_latent if self.n_latent is None else self.n_latent),
+            n_latent=int(DEFAULT_N_LATENT if self.n_latent is None else self.n_latent),
             prior_components=int(
-                components if self.prior_components is None else self.prior_components
+                DEFAULT_PRIOR_COMPONENTS
+                if self.prior_components is None
+                else self.prior_components
             ),
             batch_alignment=float(alignment),
             max_epochs=max_epochs,
@@ -260,24 +265,6 @@ class FitSettings:
             device=str(resolve_device(self.device)),
             checkpoint_dir=None if self.checkpoint_dir is None else str(self.checkpoint_dir),
         )
-
-    def default_latent(self) -> tuple[int, int]:
-        """The defaults of ``n_latent`` and ``prior_components``: a mixture of 20 normals in 30
-        dimensions (docs/embedding.md), or, with a batch key or other covariates, the standard
-        normal prior in 10, whose batch alignment and covariate effects were measured
-        (docs/mapping.md); the mixture with covariates is not measured yet.
-
-        Examples
-        --------
-        >>> FitSettings().default_latent(), FitSettings(batch_key="batch").default_latent()
-        ((30, 20), (10, 0))
-        """
-        with_covariates = (
-            self.batch_key is not None
-            or bool(self.categorical_covariate_keys)
-            or bool(self.continuous_covariate_keys)
-        )
-        return (10, 0) if with_covariates else (30, 20)
 
     # -- each stage's part ---------------------------------------------------------------------
     def module_options(self) -> dict[str, Any]:

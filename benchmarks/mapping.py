@@ -294,6 +294,7 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
 
     scvi_ref = None
     if not args.scvae_only:
+        logger.info("%s seed %d: scvi-tools", name, seed)
         scvi_ref = scvi_tools_rows(
             query, ref, seed, args, embeddings, seconds, predicted, epochs_trained
         )
@@ -348,7 +349,6 @@ def scvi_tools_rows(query, ref, seed, args, embeddings, seconds, predicted, epoc
     :func:`mapping_rows`; the SCVI reference (for the panel query)."""
     import scvi
 
-    logger.info("seed %d: scvi-tools", seed)
     scvi_ref, scanvi_ref, scvi_s, scanvi_s = fit_scvi_reference(ref, seed, args.quick)
     scvi_q, map_s = scvi_query(scvi.model.SCVI, query.copy(), scvi_ref, args.quick)
     seconds["SCVI (query)"] = (scvi_s, map_s)
@@ -367,7 +367,6 @@ def scvi_tools_rows(query, ref, seed, args, embeddings, seconds, predicted, epoc
         scanvi_q.get_latent_representation(),
     )
     predicted["SCANVI (query)"] = np.asarray(scanvi_q.predict(), dtype=str)
-
     return scvi_ref
 
 
@@ -417,16 +416,9 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     knn["scvae"] = knn_transfer(model.embed(ref), labels_ref, q.obsm["X_scvae"])
 
     if scvi_ref is not None:
-        scvi_zero_padding(
-            query_panel,
-            scvi_ref,
-            unmeasured,
-            labels_ref,
-            args,
-            share,
-            seconds,
-            knn,
-            epochs_trained,
+        padding = "SCVI zero padding"
+        share[padding], seconds[padding], knn[padding], epochs_trained[padding] = (
+            scvi_zero_padding(query_panel, scvi_ref, unmeasured, labels_ref, args.quick)
         )
 
     started = time.perf_counter()
@@ -483,24 +475,20 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     return rows
 
 
-def scvi_zero_padding(
-    query_panel, scvi_ref, unmeasured, labels_ref, args, share, seconds, knn, epochs_trained
-):
-    """scArches' way with the SCVI reference: the panel query padded with zeros, mapped, its
-    unmeasured genes read from the decoder; added to the dicts of :func:`panel`."""
+def scvi_zero_padding(query_panel, scvi_ref, unmeasured, labels_ref, quick: bool) -> tuple:
+    """scArches' way with the SCVI reference: the panel query padded with zeros and mapped;
+    (shares of the unmeasured genes from the decoder, seconds, kNN labels, epochs)."""
     import scvi
 
     padded = query_panel.copy()
     scvi.model.SCVI.prepare_query_anndata(padded, scvi_ref)
-    padded_model, seconds["SCVI zero padding"] = scvi_query(
-        scvi.model.SCVI, padded, scvi_ref, args.quick
-    )
-    epochs_trained["SCVI zero padding"] = n_epochs(padded_model)
+    padded_model, seconds = scvi_query(scvi.model.SCVI, padded, scvi_ref, quick)
     normalized = padded_model.get_normalized_expression(padded, library_size=1.0)
-    share["SCVI zero padding"] = normalized[unmeasured].to_numpy(dtype=np.float64)
-    knn["SCVI zero padding"] = knn_transfer(
+    labels = knn_transfer(
         scvi_ref.get_latent_representation(), labels_ref, padded_model.get_latent_representation()
     )
+    share = normalized[unmeasured].to_numpy(dtype=np.float64)
+    return share, seconds, labels, n_epochs(padded_model)
 
 
 def _median(values: np.ndarray) -> float | None:

@@ -97,7 +97,7 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_repeats_with_the_seed(p):
 def test_batch_mmd_matches_the_pairwise_definition_and_sees_separated_batches():
     """The vectorised MMD of every batch against the rest equals the textbook estimate
     computed batch by batch, and is large only when the batches sit apart."""
-    from scvae._vae.objective import MMD_KERNEL_WIDTHS, batch_mmd
+    from scvae._vae.alignment import MMD_KERNEL_WIDTHS, batch_mmd
 
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(300, 4, generator=generator)

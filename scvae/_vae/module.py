@@ -2,15 +2,16 @@
 
 Generative story for one cell with observed library size ``l`` and batch ``b``::
 
-    z ~ Normal(0, I)                                  # latent state, n_latent dims
+    z ~ p(z)                     # a learned mixture of normals (default), or Normal(0, I)
     rho = softmax(decoder(z, b))                      # each gene's share of expression
     x_g ~ NB(mean = l * rho_g, inverse dispersion = theta_g[b])   # or ZINB / Poisson
 
 The guide is ``q(z | x, b) = Normal(encoder(x, b))``. Other covariates ``c`` (one-hot categorical
 and standardised continuous columns) enter beside ``b`` wherever it does: ``decoder(z, b, c)``,
-``encoder(x, b, c)``, every layer. The module keeps every parameter as an
-ordinary ``torch.nn.Parameter`` and never calls ``pyro.param`` or ``pyro.module``: two models in
-one process never share state through Pyro's global parameter store.
+``encoder(x, b, c)``, every layer (``scvae._vae.inputs``); the prior is ``scvae._vae.prior``.
+The module keeps every parameter as an ordinary ``torch.nn.Parameter`` and never calls
+``pyro.param`` or ``pyro.module``: two models in one process never share state through Pyro's
+global parameter store.
 
 With labels (``n_labels > 0``, ``fit(..., balance="labels")``) the model also generates the
 cell type from the latent state, ``y ~ Categorical(softmax(W z + c))``: observed for labelled
@@ -20,12 +21,7 @@ every class the same total weight (class balancing), which pulls rare types apar
 ones in latent space; :meth:`SCVAEModule.label_probabilities` predicts unlabelled cells.
 
 With several batches and ``alignment_weight > 0`` the training objective also asks the batches'
-latent distributions to match: minus ``alignment_weight`` times the maximum mean discrepancy
-(MMD) between the latent samples of each batch's cells and of the other cells of the minibatch,
-per cell (``scvae._vae.objective.batch_mmd``), as in trVAE. The decoder given the batch could
-explain a batch effect, but nothing in the ELBO alone makes cells of one type in two batches
-share a latent region; with a strong batch effect they keep apart. The reported ELBO leaves
-this term out.
+latent distributions to match (``scvae._vae.alignment``); the reported ELBO leaves it out.
 
 Missing entries (``observed == False``) are left out of the likelihood, and the gene shares are
 renormalised over the observed genes so that the observed library ``l`` (a sum over observed
@@ -43,9 +39,12 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
+from .alignment import alignment_mmd
 from .distributions import CountDistribution
+from .inputs import covariate_inputs, encoder_input
 from .networks import MLP
-from .objective import CountRows, batch_mmd
+from .objective import CountRows
+from .prior import latent_prior, mixture_parameters
 
 __all__ = ["LIKELIHOODS", "SCVAEModule"]
 
@@ -179,11 +178,8 @@ class SCVAEModule(nn.Module):
             raise ValueError(f"prior_components must be >= 0, got {prior_components!r}")
         if self.prior_components:
             #: The mixture prior's weights (logits), means and scales (before softplus).
-            self.prior_logits = nn.Parameter(torch.zeros(self.prior_components))
-            self.prior_locs = nn.Parameter(0.1 * torch.randn(self.prior_components, n_latent))
-            self.prior_raw_scales = nn.Parameter(
-                torch.full((self.prior_components, n_latent), math.log(math.e - 1.0))
-            )
+            mixture = mixture_parameters(self.prior_components, n_latent)
+            self.prior_logits, self.prior_locs, self.prior_raw_scales = mixture
 
         n_in = n_genes * (2 if encode_mask else 1)
         width = self.n_batches + self.n_covariates
@@ -253,33 +249,18 @@ class SCVAEModule(nn.Module):
     def prior(self, n_cells: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) for ``n_cells`` cells (event shape ``(n_latent,)``): the standard normal, or
         the learned mixture of ``prior_components`` diagonal normals."""
-        if not self.prior_components:
-            zero, one = like.new_zeros(()), like.new_ones(())
-            return dist.Normal(zero, one).expand([n_cells, self.n_latent]).to_event(1)
-        components = dist.Normal(self.prior_locs, F.softplus(self.prior_raw_scales) + 1e-3)
-        mixture = dist.MixtureSameFamily(
-            dist.Categorical(logits=self.prior_logits), components.to_event(1)
-        )
-        return mixture.expand([n_cells])
+        mixture = None
+        if self.prior_components:
+            mixture = (self.prior_logits, self.prior_locs, self.prior_raw_scales)
+        return latent_prior(n_cells, self.n_latent, like, mixture)
 
     # -- networks ---------------------------------------------------------------------------
     def _covariates(
         self, batch_index: torch.Tensor, covariates: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The reference's covariate inputs (batch one-hot, then the other covariates) and
-        the one-hot of the query's batches (``None`` without a query mapping)."""
-        dtype = torch.get_default_dtype()
-        if not self.n_query_batches:
-            one_hot = F.one_hot(batch_index, self.n_batches).to(dtype) if self.n_batches else None
-            return _joined(one_hot, covariates), None
-        first = self.first_query_batch
-        is_new = (batch_index >= first).unsqueeze(-1)
-        one_hot = None
-        if self.n_batches:
-            one_hot = F.one_hot(batch_index.clamp(max=first - 1), self.n_batches).to(dtype)
-            one_hot = one_hot * ~is_new
-        new = F.one_hot((batch_index - first).clamp(min=0), self.n_query_batches).to(dtype)
-        return _joined(one_hot, covariates), new * is_new
+        return covariate_inputs(
+            batch_index, covariates, self.n_batches, self.first_query_batch, self.n_query_batches
+        )
 
     def encode(
         self,
@@ -290,24 +271,8 @@ class SCVAEModule(nn.Module):
         nonzeros: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         covariates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Location and scale of ``q(z | x)``.
-
-        Counts are normalised to ``library_scale`` before ``log1p``, so that the encoder sees
-        composition, not depth; depth enters the model through the observed library size.
-        With ``nonzeros`` (the stored entries of ``x``, as minibatches carry them), ``log1p``
-        runs on those only (it is 0 elsewhere); the input is the same.
-        """
-        factor = self.library_scale / library.clamp(min=1.0)
-        if nonzeros is None:
-            h = torch.log1p(x * factor.unsqueeze(-1))
-        else:
-            rows, cols, values = nonzeros
-            h = torch.zeros_like(x)
-            scaled = torch.log1p(values.to(x.dtype) * factor[rows])
-            h.view(-1).index_put_((rows * x.shape[1] + cols,), scaled)
-        if self.encode_mask:
-            known = torch.ones_like(x) if observed is None else observed.to(x.dtype)
-            h = torch.cat([h * known, known], dim=-1)
+        """Location and scale of ``q(z | x)`` (the input: ``scvae._vae.inputs.encoder_input``)."""
+        h = encoder_input(x, library, self.library_scale, observed, nonzeros, self.encode_mask)
         inputs = self._covariates(batch_index, covariates)
         if self.query_encoder is None:
             return self._posterior(self.encoder, self.z_loc, self.z_scale, h, inputs)
@@ -384,7 +349,7 @@ class SCVAEModule(nn.Module):
         covariates: torch.Tensor | None = None,
         align: bool = False,
     ) -> None:
-        """p(x, y, z): standard normal prior on z, count likelihood on the observed entries,
+        """p(x, y, z): the prior on z, the count likelihood on the observed entries,
         and (with a label head) the cell type of the labelled cells (``labels`` >= 0).
         ``align``: add the batch-alignment term (training only, see the module's text).
 
@@ -410,13 +375,8 @@ class SCVAEModule(nn.Module):
                 with poutine.mask(mask=known), poutine.scale(scale=scale):
                     pyro.sample("y", dist.Categorical(logits=self.classifier(z)), obs=code)
         if align and self.alignment_weight > 0 and self.n_batches + self.n_query_batches:
-            mmd = batch_mmd(z, batch_index, self.first_query_batch + self.n_query_batches)
-            if self.anchors is not None:  # a query: also aligned with the reference's cells
-                picked = self.anchors[
-                    torch.randint(len(self.anchors), (n_cells,), device=z.device)
-                ]
-                sides = torch.arange(2 * n_cells, device=z.device) >= n_cells
-                mmd = mmd + batch_mmd(torch.cat([z, picked]), sides.long(), 2)
+            n_codes = self.first_query_batch + self.n_query_batches
+            mmd = alignment_mmd(z, batch_index, n_codes, self.anchors)
             pyro.factor("batch_alignment", -self.alignment_weight * n_cells * mmd)
 
     def guide(
@@ -445,9 +405,3 @@ class SCVAEModule(nn.Module):
         if self.classifier is None:
             raise ValueError("this model has no label head (fit with balance='labels')")
         return torch.softmax(self.classifier(z), dim=-1)
-
-
-def _joined(one_hot: torch.Tensor | None, covariates: torch.Tensor | None) -> torch.Tensor | None:
-    if one_hot is None or covariates is None:
-        return one_hot if covariates is None else covariates
-    return torch.cat([one_hot, covariates.to(one_hot.dtype)], dim=-1)

@@ -1674,7 +1674,7 @@ def _(env):
     expect_error(
         a,
         ValueError,
-        r"min_probability must be a number in \[0, 1\], got 1.5",
+        r"min_probability must be a finite number >= 0 and <= 1, got 1.5",
         model.predict_labels,
         a,
         min_probability=1.5,

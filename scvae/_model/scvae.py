@@ -18,7 +18,7 @@ from .._data.memory import prepare_counts
 from .._data.spec import ReadSpec, read_counts
 from .._train.loss import evaluate_elbo
 from .._utils.device import resolve_device, seeded
-from .._utils.options import check_flag, check_int, check_seed
+from .._utils.options import check_flag, check_int, check_number, check_seed
 from .._vae.likelihood import importance_log_likelihood
 from .._vae.module import SCVAEModule
 from .encode import posterior_means
@@ -230,14 +230,7 @@ class SCVAE:
             raise ValueError("this model has no label head: fit with balance='labels' or 'auto'")
         check_flag("probabilities", probabilities)
         check_int("batch_size", batch_size)
-        if (
-            isinstance(min_probability, bool)
-            or not isinstance(min_probability, int | float | np.integer | np.floating)
-            or not 0.0 <= min_probability <= 1.0
-        ):
-            raise ValueError(
-                f"min_probability must be a number in [0, 1], got {min_probability!r}"
-            )
+        min_probability = check_number("min_probability", min_probability, low=0, high=1)
         names = list(self.module.label_names)
         if not isinstance(unknown, str) or unknown in names:
             raise ValueError(

@@ -73,6 +73,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -244,13 +245,26 @@ def scvi_query(cls, query: AnnData, reference, quick: bool):
     return model, time.perf_counter() - started
 
 
+@dataclass
+class Mapped:
+    """One method's mapping of a query: embeddings of the reference's and the query's cells,
+    seconds and epochs of the reference fit and of the mapping (``None``: not measured or not
+    a separate step), and the query's predicted labels where the method predicts them."""
+
+    z_ref: np.ndarray
+    z_query: np.ndarray
+    seconds: tuple[float | None, float | None]
+    epochs: tuple[int | None, int | None] = (None, None)
+    predicted: np.ndarray | None = None
+
+
 def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tuple[list, list]:
     """One seed of ``name``: the rows of the mapping table and of the panel table."""
 
     epochs = QUICK_EPOCHS if args.quick else None
     labels_ref = ref.obs["cell_type"].astype(str).to_numpy()
     labels_query = query.obs["cell_type"].astype(str).to_numpy()
-    embeddings, seconds, predicted, epochs_trained = {}, {}, {}, {}
+    mapped: dict[str, Mapped] = {}
 
     def fit_labelled(adata: AnnData) -> scvae.SCVAE:
         """scvae's fit with the label head, as the reference and the de novo fit use it."""
@@ -273,10 +287,13 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     q = query.copy()
     started = time.perf_counter()
     qmodel = scvae.fit(q, reference=model, max_epochs=epochs, seed=seed, progress=False)
-    seconds["scvae (mapped)"] = (ref_seconds, time.perf_counter() - started)
-    epochs_trained["scvae (mapped)"] = (n_epochs(model), n_epochs(qmodel))
-    embeddings["scvae (mapped)"] = (ref_scvae.obsm["X_scvae"], q.obsm["X_scvae"])
-    predicted["scvae (mapped)"] = qmodel.predict_labels(q).astype(str).to_numpy()
+    mapped["scvae (mapped)"] = Mapped(
+        ref_scvae.obsm["X_scvae"],
+        q.obsm["X_scvae"],
+        (ref_seconds, time.perf_counter() - started),
+        (n_epochs(model), n_epochs(qmodel)),
+        qmodel.predict_labels(q).astype(str).to_numpy(),
+    )
 
     # scvae de novo on reference + query, the query's labels hidden.
     logger.info("%s seed %d: scvae de novo", name, seed)
@@ -286,23 +303,24 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     both.obs["cell_type"] = pd.Categorical(both.obs["cell_type"])
     started = time.perf_counter()
     denovo = fit_labelled(both)
-    seconds["scvae (de novo)"] = (time.perf_counter() - started, None)
-    epochs_trained["scvae (de novo)"] = (n_epochs(denovo), None)
     z = both.obsm["X_scvae"]
-    embeddings["scvae (de novo)"] = (z[: ref.n_obs], z[ref.n_obs :])
-    predicted["scvae (de novo)"] = denovo.predict_labels(query).astype(str).to_numpy()
+    mapped["scvae (de novo)"] = Mapped(
+        z[: ref.n_obs],
+        z[ref.n_obs :],
+        (time.perf_counter() - started, None),
+        (n_epochs(denovo), None),
+        denovo.predict_labels(query).astype(str).to_numpy(),
+    )
 
     scvi_ref = None
     if not args.scvae_only:
         logger.info("%s seed %d: scvi-tools", name, seed)
-        scvi_ref = scvi_tools_rows(
-            query, ref, seed, args, embeddings, seconds, predicted, epochs_trained
-        )
+        scvi_mapped, scvi_ref = scvi_tools_mappings(query, ref, seed, args.quick)
+        mapped.update(scvi_mapped)
 
     # Unintegrated PCA of reference + query (the Benchmarker's pre-integration embedding).
     pcs = unintegrated_pca(both, seed)
-    embeddings["Unintegrated PCA"] = (pcs[: ref.n_obs], pcs[ref.n_obs :])
-    seconds["Unintegrated PCA"] = (None, None)
+    mapped["Unintegrated PCA"] = Mapped(pcs[: ref.n_obs], pcs[ref.n_obs :], (None, None))
 
     logger.info("%s seed %d: scib-metrics Benchmarker", name, seed)
     obs = pd.DataFrame(
@@ -315,19 +333,20 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     )
     obs = obs.astype("category")
     joined = {
-        method: np.ascontiguousarray(np.vstack(pair), dtype=np.float32)
-        for method, pair in embeddings.items()
+        method: np.ascontiguousarray(np.vstack([m.z_ref, m.z_query]), dtype=np.float32)
+        for method, m in mapped.items()
     }
     scores = scib_scores(obs, joined)
     rows = []
-    for method in (m for m in METHODS if m in embeddings):
-        z_ref, z_query = embeddings[method]
+    for method in (m for m in METHODS if m in mapped):
+        one = mapped[method]
         row = {"dataset": name, "seed": seed, "method": method}
-        row["ref_seconds"], row["map_seconds"] = seconds[method]
-        row["ref_epochs"], row["map_epochs"] = epochs_trained.get(method, (None, None))
-        if method in predicted:
-            row.update(accuracies(labels_query, predicted[method], "label"))
-        row.update(accuracies(labels_query, knn_transfer(z_ref, labels_ref, z_query), "kNN"))
+        row["ref_seconds"], row["map_seconds"] = one.seconds
+        row["ref_epochs"], row["map_epochs"] = one.epochs
+        if one.predicted is not None:
+            row.update(accuracies(labels_query, one.predicted, "label"))
+        knn = knn_transfer(one.z_ref, labels_ref, one.z_query)
+        row.update(accuracies(labels_query, knn, "kNN"))
         row.update(scores.loc[method].to_dict())
         rows.append(row)
         logger.info(
@@ -344,30 +363,32 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     return rows, panel_rows
 
 
-def scvi_tools_rows(query, ref, seed, args, embeddings, seconds, predicted, epochs_trained):
-    """scvi-tools' SCVI and SCANVI references and their queries, added to the dicts of
-    :func:`mapping_rows`; the SCVI reference (for the panel query)."""
+def scvi_tools_mappings(query, ref, seed: int, quick: bool) -> tuple[dict[str, Mapped], object]:
+    """scvi-tools' SCVI and SCANVI references and their queries (``load_query_data``), and
+    the SCVI reference (for the panel query)."""
     import scvi
 
-    scvi_ref, scanvi_ref, scvi_s, scanvi_s = fit_scvi_reference(ref, seed, args.quick)
-    scvi_q, map_s = scvi_query(scvi.model.SCVI, query.copy(), scvi_ref, args.quick)
-    seconds["SCVI (query)"] = (scvi_s, map_s)
-    epochs_trained["SCVI (query)"] = (n_epochs(scvi_ref), n_epochs(scvi_q))
-    embeddings["SCVI (query)"] = (
-        scvi_ref.get_latent_representation(),
-        scvi_q.get_latent_representation(),
-    )
+    scvi_ref, scanvi_ref, scvi_s, scanvi_s = fit_scvi_reference(ref, seed, quick)
+    scvi_q, map_s = scvi_query(scvi.model.SCVI, query.copy(), scvi_ref, quick)
+    mapped = {
+        "SCVI (query)": Mapped(
+            scvi_ref.get_latent_representation(),
+            scvi_q.get_latent_representation(),
+            (scvi_s, map_s),
+            (n_epochs(scvi_ref), n_epochs(scvi_q)),
+        )
+    }
     hidden = query.copy()
     hidden.obs["cell_type"] = "Unknown"
-    scanvi_q, map_s = scvi_query(scvi.model.SCANVI, hidden, scanvi_ref, args.quick)
-    seconds["SCANVI (query)"] = (scvi_s + scanvi_s, map_s)
-    epochs_trained["SCANVI (query)"] = (n_epochs(scanvi_ref), n_epochs(scanvi_q))
-    embeddings["SCANVI (query)"] = (
+    scanvi_q, map_s = scvi_query(scvi.model.SCANVI, hidden, scanvi_ref, quick)
+    mapped["SCANVI (query)"] = Mapped(
         scanvi_ref.get_latent_representation(),
         scanvi_q.get_latent_representation(),
+        (scvi_s + scanvi_s, map_s),
+        (n_epochs(scanvi_ref), n_epochs(scanvi_q)),
+        np.asarray(scanvi_q.predict(), dtype=str),
     )
-    predicted["SCANVI (query)"] = np.asarray(scanvi_q.predict(), dtype=str)
-    return scvi_ref
+    return mapped, scvi_ref
 
 
 def _concat(ref: AnnData, query: AnnData) -> AnnData:

@@ -138,3 +138,14 @@ def test_integration_mixes_batches_and_keeps_types():
     types = scvae.metrics.knn_scores(z, adata.obs["cell_type"].to_numpy())
     assert types["accuracy"] > 0.95, types
     assert batch["balanced_accuracy"] < 0.8, batch
+
+
+def test_the_reported_elbo_leaves_the_alignment_term_out():
+    """The batch-alignment MMD is part of the training objective only: the ELBO a user reads
+    (and early stopping watches) is the same whatever its weight."""
+    adata = scvae.datasets.simulate(300, 80, n_groups=2, n_batches=2, batch_log_fold=1.0, seed=1)
+    model = quick_fit(adata, batch_key="batch", max_epochs=5)
+    assert model.module.alignment_weight > 0
+    with_term = model.elbo(adata, seed=3)
+    model.module.alignment_weight = 0.0
+    assert model.elbo(adata, seed=3) == with_term

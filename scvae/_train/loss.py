@@ -62,23 +62,26 @@ def mean_field_loss(model, guide, *args, **kwargs) -> torch.Tensor:
     return -elbo
 
 
-def step_loss(module: SCVAEModule, batch, kl_weight: float, exact: bool) -> torch.Tensor:
-    """The training loss per cell of one minibatch: the negative beta-weighted ELBO and the
-    batch-alignment term (``SCVAEModule.alignment_weight``)."""
+def step_loss(
+    module: SCVAEModule, batch, kl_weight: float, exact: bool, align: bool = True
+) -> torch.Tensor:
+    """The loss per cell of one minibatch: the negative beta-weighted ELBO and, with
+    ``align`` (training), the batch-alignment term (``SCVAEModule.alignment_weight``)."""
     loss = mean_field_loss(
         module.model,
         module.guide,
         **batch._asdict(),
         kl_weight=kl_weight,
         include_constant=exact,
-        align=True,
+        align=align,
     )
     return loss / batch.x.shape[0]
 
 
 @torch.no_grad()
 def evaluate_elbo(module: SCVAEModule, source: Source, *, distributed: bool = False) -> float:
-    """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample).
+    """Mean ELBO per cell on ``source`` (exact likelihood, KL weight 1, one z sample; the
+    batch-alignment term of the training objective left out).
 
     ``distributed``: each rank holds part of the cells; the mean is over all ranks' cells."""
     was_training = module.training
@@ -86,7 +89,7 @@ def evaluate_elbo(module: SCVAEModule, source: Source, *, distributed: bool = Fa
     total, n = 0.0, 0
     with pyro.validation_enabled(False):
         for batch in source:
-            total += float(step_loss(module, batch, 1.0, True)) * batch.x.shape[0]
+            total += float(step_loss(module, batch, 1.0, True, align=False)) * batch.x.shape[0]
             n += batch.x.shape[0]
     module.train(was_training)
     if distributed:

@@ -163,6 +163,10 @@ def fit(
     early_stopping, validation_fraction, patience
         Hold out this fraction of cells (data with at least 100 cells) and stop after
         ``patience`` epochs without a better held-out ELBO, keeping the best parameters.
+        The batch-alignment term goes on mixing batches after the ELBO's best epoch: where
+        batches must mix (integration), ``early_stopping=False`` trains all ``max_epochs``
+        and mixes them better at some cost in fit time and held-out likelihood
+        (docs/mapping.md).
     device
         ``"auto"`` (GPU when available), ``"cpu"`` or ``"cuda"``.
     seed

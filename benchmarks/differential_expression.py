@@ -37,6 +37,8 @@ Protocol: ../shared/BENCHMARK.md, row "differential expression".
 
     python benchmarks/differential_expression.py --seeds 0 1 2
     python benchmarks/differential_expression.py --quick   # smoke test, scanpy and scvae only
+    python benchmarks/differential_expression.py --parts simulated --methods none \\
+        --seeds 0 1 --scvae-option early_stopping=false   # a variant of scvae's fit
 
 Needs the bench extra for scvi-tools (``pip install -e ".[bench]"``); without it, the scvi-tools
 rows are left out with a warning.
@@ -52,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import environment, markdown_table, write_json
+from _common import environment, markdown_table, scvae_options, write_json
 from anndata import AnnData
 from sklearn.metrics import average_precision_score
 
@@ -84,9 +86,13 @@ def scanpy_calls(adata: AnnData, method: str) -> pd.DataFrame:
     return pd.DataFrame({"rank": rank, **{f"call_{lv}": c for lv, c in calls.items()}})
 
 
-def scvae_calls(adata: AnnData, seed: int, max_epochs: int | None) -> tuple[pd.DataFrame, float]:
+def scvae_calls(
+    adata: AnnData, seed: int, max_epochs: int | None, options: dict
+) -> tuple[pd.DataFrame, float]:
     start = time.perf_counter()
-    model = scvae.fit(adata, batch_key="batch", seed=seed, progress=False, max_epochs=max_epochs)
+    model = scvae.fit(
+        adata, batch_key="batch", seed=seed, progress=False, max_epochs=max_epochs, **options
+    )
     fit_seconds = time.perf_counter() - start
     out = {}
     for level in LEVELS:
@@ -169,7 +175,7 @@ def simulated_rows(seed: int, args) -> list[dict]:
     for method in ("wilcoxon", "t-test"):
         calls = scanpy_calls(adata, method)
         rows.append(scores(f"scanpy {method}", calls, truth, tested, seed))
-    calls, seconds = scvae_calls(adata, seed, args.max_epochs)
+    calls, seconds = scvae_calls(adata, seed, args.max_epochs, args.scvae_options)
     rows.append({**scores("scvae", calls, truth, tested, seed), "fit_s": seconds})
     if "scvi" in args.methods:
         try:
@@ -277,8 +283,22 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/differential_expression.json")
     )
+    parser.add_argument(
+        "--scvae-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one more keyword of the simulated part's scvae.fit, e.g. early_stopping=false "
+        "(repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="800 cells, 300 genes, 10 epochs")
     args = parser.parse_args()
+    try:
+        args.scvae_options = scvae_options(
+            args.scvae_option, ("batch_key", "seed", "progress", "max_epochs")
+        )
+    except ValueError as error:
+        parser.error(str(error))
     if args.quick:
         args.cells, args.genes, args.max_epochs = 800, 300, 10
         args.methods, args.seeds, args.parts = ["none"], args.seeds[:1], ["simulated"]

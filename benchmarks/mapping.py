@@ -80,7 +80,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
-from _common import environment, markdown_table, write_json
+from _common import environment, markdown_table, scvae_options, write_json
 from anndata import AnnData
 from integration import (
     COLUMNS,
@@ -276,6 +276,7 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
             max_epochs=epochs,
             seed=seed,
             progress=False,
+            **args.scvae_options,
         )
 
     # scvae: reference, then the query mapped onto it.
@@ -286,7 +287,9 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
     ref_seconds = time.perf_counter() - started
     q = query.copy()
     started = time.perf_counter()
-    qmodel = scvae.fit(q, reference=model, max_epochs=epochs, seed=seed, progress=False)
+    qmodel = scvae.fit(
+        q, reference=model, max_epochs=epochs, seed=seed, progress=False, **args.scvae_options
+    )
     mapped["scvae (mapped)"] = Mapped(
         ref_scvae.obsm["X_scvae"],
         q.obsm["X_scvae"],
@@ -425,7 +428,9 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     logger.info("%s seed %d: panel of %d genes", name, seed, measured.sum())
     q = query_panel.copy()
     started = time.perf_counter()
-    qmodel = scvae.fit(q, reference=model, max_epochs=epochs, seed=seed, progress=False)
+    qmodel = scvae.fit(
+        q, reference=model, max_epochs=epochs, seed=seed, progress=False, **args.scvae_options
+    )
     seconds["scvae"] = time.perf_counter() - started
     epochs_trained = {"scvae": n_epochs(qmodel)}
     full = scvae.impute(query_panel, qmodel, genes="model")
@@ -629,6 +634,14 @@ def main() -> None:
         action="store_true",
         help="leave out scvi-tools (SCVI, SCANVI, zero padding): scvae, PCA and kNN averaging",
     )
+    parser.add_argument(
+        "--scvae-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one more keyword of every scvae.fit here (reference, query, de novo), e.g. "
+        "early_stopping=false (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mapping.json"))
     parser.add_argument(
         "--quick",
@@ -636,6 +649,11 @@ def main() -> None:
         help=f"smoke test: cellbench_3cl only (unless --datasets), {QUICK_EPOCHS} epochs",
     )
     args = parser.parse_args()
+    own = ("batch_key", "labels_key", "balance", "reference", "max_epochs", "seed", "progress")
+    try:
+        args.scvae_options = scvae_options(args.scvae_option, own)
+    except ValueError as error:
+        parser.error(str(error))
     if args.datasets is None:
         args.datasets = ["cellbench_3cl"] if args.quick else list(DEFAULT_DATASETS)
     limit_threads(args.threads)

@@ -32,6 +32,7 @@ from .._data.spec import ReadSpec, read_counts
 from .._model.reference import ANY
 from .._model.scvae import SCVAE
 from .._vae.module import SCVAEModule
+from .._vae.surgery import freeze_reference, start_query_encoder
 from .settings import FitSettings
 
 logger = logging.getLogger(__name__)
@@ -152,10 +153,10 @@ def query_module(reference: SCVAE, data: CountData, seed: int = 0) -> SCVAEModul
     if anchors is not None:
         module.anchors.copy_(torch.as_tensor(anchors, dtype=module.anchors.dtype))
     if panel:
-        module.start_query_encoder()
+        start_query_encoder(module)
     if module.query_log_theta is not None:  # start each new batch at the mean dispersion
         module.query_log_theta.data[:] = module.log_theta.detach().mean(0, keepdim=True)
-    module.freeze_reference()
+    freeze_reference(module)
     return module.to(reference.device)
 
 

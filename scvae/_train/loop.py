@@ -104,7 +104,7 @@ def train(
     """
     distributed = ddp.is_distributed()
     step_loss = ddp.wrap_for_training(module, _step_loss)
-    # A query mapping trains its new batches only (``SCVAEModule.freeze_reference``).
+    # A query mapping trains its new batches only (``scvae._vae.surgery.freeze_reference``).
     optimizer = adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     constant = train_source.log_factorial_per_cell()
     history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}

@@ -90,8 +90,8 @@ class SCVAEModule(nn.Module):
     n_query_batches
         Batches added by a query mapping (codes ``max(n_batches, 1)`` and up), with input
         weights of their own in every layer, a log-scale offset per gene (and inverse
-        dispersions, for ``"gene-batch"``): the only parameters :meth:`freeze_reference`
-        leaves trainable.
+        dispersions, for ``"gene-batch"``): the only parameters
+        ``scvae._vae.surgery.freeze_reference`` leaves trainable.
     alignment_weight
         Weight of the batch-alignment term of the training objective (0: none); see the
         module's description.
@@ -102,8 +102,9 @@ class SCVAEModule(nn.Module):
         reference's and do not only land near them.
     query_encoder
         Give the query batches an encoder of their own (a trainable copy of the reference's,
-        :meth:`start_query_encoder`), for a query measured on fewer genes: the reference's
-        encoder never saw their genes missing. The reference's cells keep its encoder.
+        ``scvae._vae.surgery.start_query_encoder``), for a query measured on fewer genes:
+        the reference's encoder never saw their genes missing. The reference's cells keep
+        its encoder.
     """
 
     def __init__(
@@ -225,26 +226,6 @@ class SCVAEModule(nn.Module):
             if self.log_theta is not None and self.log_theta.shape[0] > 1:
                 # Started at the reference's mean dispersion by the query mapping.
                 self.query_log_theta = nn.Parameter(torch.zeros(self.n_query_batches, n_genes))
-
-    def start_query_encoder(self) -> None:
-        """Start the query's encoder from the reference's weights."""
-        self.query_encoder["mlp"].layers.load_state_dict(self.encoder.layers.state_dict())
-        self.query_encoder["loc"].load_state_dict(self.z_loc.state_dict())
-        self.query_encoder["scale"].load_state_dict(self.z_scale.state_dict())
-
-    def freeze_reference(self) -> None:
-        """Leave only the query batches' parameters trainable (a query mapping's fit)."""
-        query = {id(p) for p in self.query_parameters()}
-        for parameter in self.parameters():
-            parameter.requires_grad_(id(parameter) in query)
-
-    def query_parameters(self) -> list[nn.Parameter]:
-        """The parameters of the batches a query mapping added."""
-        extra = [] if self.query_log_theta is None else [self.query_log_theta]
-        if self.query_encoder is not None:
-            extra += list(self.query_encoder.parameters())
-        extra.append(self.query_gene_offsets)
-        return [*self.encoder.query_weights, *self.decoder.query_weights, *extra]
 
     def prior(self, n_cells: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) for ``n_cells`` cells (event shape ``(n_latent,)``): the standard normal, or

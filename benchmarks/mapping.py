@@ -258,6 +258,18 @@ class Mapped:
     predicted: np.ndarray | None = None
 
 
+@dataclass
+class Imputed:
+    """One method's imputation of a panel query's unmeasured genes: their expression shares
+    (cells x unmeasured genes), the query's kNN-transferred labels, seconds and epochs of the
+    mapping (``None``: no training)."""
+
+    share: np.ndarray
+    labels: np.ndarray
+    seconds: float
+    epochs: int | None = None
+
+
 def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tuple[list, list]:
     """One seed of ``name``: the rows of the mapping table and of the panel table."""
 
@@ -423,7 +435,7 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     labels_ref = ref.obs["cell_type"].astype(str).to_numpy()
     labels_query = query.obs["cell_type"].astype(str).to_numpy()
     truth = np.log1p(1e4 * shares(query.X)[:, ~measured])
-    share, seconds, knn = {}, {}, {}
+    imputed_by: dict[str, Imputed] = {}
 
     logger.info("%s seed %d: panel of %d genes", name, seed, measured.sum())
     q = query_panel.copy()
@@ -431,20 +443,22 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     qmodel = scvae.fit(
         q, reference=model, max_epochs=epochs, seed=seed, progress=False, **args.scvae_options
     )
-    seconds["scvae"] = time.perf_counter() - started
-    epochs_trained = {"scvae": n_epochs(qmodel)}
+    seconds = time.perf_counter() - started
     full = scvae.impute(query_panel, qmodel, genes="model")
     imputed = full.layers["scvae_imputed"]
     imputed = imputed.toarray() if sp.issparse(imputed) else np.asarray(imputed, dtype=np.float64)
     if np.isnan(imputed).any():
         raise RuntimeError("scvae.impute left NaN in the imputed layer")
-    share["scvae"] = shares(imputed)[:, full.var_names.get_indexer(unmeasured)]
-    knn["scvae"] = knn_transfer(model.embed(ref), labels_ref, q.obsm["X_scvae"])
+    imputed_by["scvae"] = Imputed(
+        shares(imputed)[:, full.var_names.get_indexer(unmeasured)],
+        knn_transfer(model.embed(ref), labels_ref, q.obsm["X_scvae"]),
+        seconds,
+        n_epochs(qmodel),
+    )
 
     if scvi_ref is not None:
-        padding = "SCVI zero padding"
-        share[padding], seconds[padding], knn[padding], epochs_trained[padding] = (
-            scvi_zero_padding(query_panel, scvi_ref, unmeasured, labels_ref, args.quick)
+        imputed_by["SCVI zero padding"] = scvi_zero_padding(
+            query_panel, scvi_ref, unmeasured, labels_ref, args.quick
         )
 
     started = time.perf_counter()
@@ -460,9 +474,11 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     query_pcs = pca.transform(dense(query_log.X))
     neighbours = NearestNeighbors(n_neighbors=K).fit(ref_pcs).kneighbors(query_pcs)[1]
     ref_share = shares(ref.X)[:, ~measured]
-    share["kNN averaging"] = ref_share[neighbours].mean(1)
-    seconds["kNN averaging"] = time.perf_counter() - started
-    knn["kNN averaging"] = knn_transfer(ref_pcs, labels_ref, query_pcs)
+    imputed_by["kNN averaging"] = Imputed(
+        ref_share[neighbours].mean(1),
+        knn_transfer(ref_pcs, labels_ref, query_pcs),
+        time.perf_counter() - started,
+    )
 
     # An oracle, not a method: each query cell gets its true type's mean of the truth (query
     # cells, log scale). Its r says how much of a gene is cell type (not a ceiling: a method
@@ -472,16 +488,15 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     informative = per_gene_r(truth, type_mean)[0] >= INFORMATIVE_R
 
     rows = []
-    for method in (*(m for m in PANEL_METHODS if m in share), ORACLE):
+    for method in (*(m for m in PANEL_METHODS if m in imputed_by), ORACLE):
+        row = {"dataset": name, "seed": seed, "method": method}
         if method == ORACLE:
             pearson, spearman = per_gene_r(truth, type_mean)
         else:
-            pearson, spearman = per_gene_r(truth, np.log1p(1e4 * share[method]))
-        row = {"dataset": name, "seed": seed, "method": method}
-        row["map_seconds"] = seconds.get(method)
-        row["map_epochs"] = epochs_trained.get(method)
-        if method in knn:
-            row.update(accuracies(labels_query, knn[method], "kNN"))
+            result = imputed_by[method]
+            pearson, spearman = per_gene_r(truth, np.log1p(1e4 * result.share))
+            row["map_seconds"], row["map_epochs"] = result.seconds, result.epochs
+            row.update(accuracies(labels_query, result.labels, "kNN"))
         row["genes scored"] = int(np.isfinite(pearson).sum())
         row["median Pearson r"] = float(np.nanmedian(pearson))
         row["median Spearman r"] = float(np.nanmedian(spearman))
@@ -501,9 +516,9 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
     return rows
 
 
-def scvi_zero_padding(query_panel, scvi_ref, unmeasured, labels_ref, quick: bool) -> tuple:
+def scvi_zero_padding(query_panel, scvi_ref, unmeasured, labels_ref, quick: bool) -> Imputed:
     """scArches' way with the SCVI reference: the panel query padded with zeros and mapped;
-    (shares of the unmeasured genes from the decoder, seconds, kNN labels, epochs)."""
+    the unmeasured genes' shares come from the decoder."""
     import scvi
 
     padded = query_panel.copy()
@@ -514,7 +529,7 @@ def scvi_zero_padding(query_panel, scvi_ref, unmeasured, labels_ref, quick: bool
         scvi_ref.get_latent_representation(), labels_ref, padded_model.get_latent_representation()
     )
     share = normalized[unmeasured].to_numpy(dtype=np.float64)
-    return share, seconds, labels, n_epochs(padded_model)
+    return Imputed(share, labels, seconds, n_epochs(padded_model))
 
 
 def _median(values: np.ndarray) -> float | None:

@@ -268,7 +268,8 @@ class FitSettings:
 
     # -- each stage's part ---------------------------------------------------------------------
     def module_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~scvae._vae.module.SCVAEModule` from these settings."""
+        """Keyword arguments of :class:`~scvae._vae.module.SCVAEModule` (after
+        :meth:`resolved`, which fills in the defaults)."""
         return {
             "n_latent": self.n_latent,
             "n_hidden": self.n_hidden,
@@ -277,9 +278,7 @@ class FitSettings:
             "dispersion": self.dispersion,
             "dropout": self.dropout,
             "prior_components": self.prior_components,
-            "alignment_weight": DEFAULT_ALIGNMENT
-            if self.batch_alignment is None
-            else float(self.batch_alignment),
+            "alignment_weight": self.batch_alignment,
         }
 
     def source_options(self) -> dict[str, Any]:

@@ -3,12 +3,16 @@
 scArches' idea, in scvae's terms: ``fit(query, reference=model)`` copies the reference's module,
 gives every layer of its encoder and decoder input weights for the query's batches (zero to
 start with), each new batch a log-scale offset per gene (and inverse dispersions, for
-``dispersion="gene-batch"``), freezes everything else and trains those on the query's cells.
-With the reference's batch alignment on, the query's cells are also aligned with points drawn
-from the reference's aggregate posterior (``SCVAEModule.anchors``), so that they mix with the
-reference's cells instead of only landing near them. The reference's cells are
-computed exactly as before (their new-batch inputs are zero), so the mapped model embeds them
-bit for bit as the reference did, and the query's cells land in the same latent space.
+``dispersion="gene-batch"``), and the query's cells an encoder and a decoder of their own,
+trainable copies of the reference's; it freezes everything else and trains those on the
+query's cells. With the reference's batch alignment on, the query's cells are also aligned with
+points drawn from the reference's aggregate posterior (``SCVAEModule.anchors``), so that they
+mix with the reference's cells instead of only landing near them. The copies let a query
+whose difference from the reference depends on the cell type (a stimulation, a technology)
+be placed with the reference's types: with new-batch inputs alone, kang2018's stimulated
+cells stayed apart from the control reference (``docs/mapping.md``). The reference's cells
+pass through the reference's own networks with zero new-batch inputs, so the mapped model
+embeds them bit for bit as the reference did, and the query's cells land in the same latent space.
 
 Genes are matched by name. The reference's genes the query did not measure are missing values
 for its cells: left out of the likelihood, as any missing entry, and imputable from the
@@ -32,7 +36,7 @@ from .._data.spec import ReadSpec, read_counts
 from .._model.reference import ANY
 from .._model.scvae import SCVAE
 from .._vae.module import SCVAEModule
-from .._vae.surgery import freeze_reference, start_query_encoder
+from .._vae.surgery import freeze_reference, start_query_networks
 from .settings import FitSettings
 
 logger = logging.getLogger(__name__)
@@ -134,16 +138,19 @@ def read_query(adata: AnnData, reference: SCVAE, settings: FitSettings) -> Count
 
 def query_module(reference: SCVAE, data: CountData, seed: int = 0) -> SCVAEModule:
     """A copy of the reference's module with weights for the new batches of ``data``,
-    everything but those frozen; the reference's module is not touched. A query that lacks
-    some of the reference's genes gets an encoder of its own, started from the reference's
-    (``SCVAEModule.query_encoder``)."""
+    everything but those frozen; the reference's module is not touched. The query's cells get
+    an encoder and a decoder of their own, started from the reference's
+    (``SCVAEModule.query_encoder``, ``query_decoder``); a query that lacks some of the
+    reference's genes is read with them missing (``query_panel``)."""
     panel = bool(missing_genes(data))
     n_new = len(new_batches(data, reference))
     anchors = _anchors(reference, seed)
     config = dict(
         reference.module.config,
         n_query_batches=n_new,
-        query_encoder=panel,
+        query_encoder=True,
+        query_decoder=True,
+        query_panel=panel,
         n_anchors=0 if anchors is None else len(anchors),
     )
     module = SCVAEModule(**config)
@@ -152,8 +159,7 @@ def query_module(reference: SCVAE, data: CountData, seed: int = 0) -> SCVAEModul
     assert not unexpected and all("query" in k or k == "anchors" for k in missing), missing
     if anchors is not None:
         module.anchors.copy_(torch.as_tensor(anchors, dtype=module.anchors.dtype))
-    if panel:
-        start_query_encoder(module)
+    start_query_networks(module)
     if module.query_log_theta is not None:  # start each new batch at the mean dispersion
         module.query_log_theta.data[:] = module.log_theta.detach().mean(0, keepdim=True)
     freeze_reference(module)

@@ -50,6 +50,8 @@ _MODULE_TYPES = {
     "n_covariates": int,
     "n_query_batches": int,
     "query_encoder": bool,
+    "query_decoder": bool,
+    "query_panel": bool,
     "alignment_weight": (int, float),
     "n_anchors": int,
     "prior_components": int,

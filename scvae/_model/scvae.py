@@ -124,13 +124,13 @@ class SCVAE:
             gene_names=self.gene_names,
             covariate_layout=self.covariate_layout,
             # A query mapped from a smaller panel: its encoder reads the panel.
-            absent_genes_missing=self.module.query_encoder is not None,
+            absent_genes_missing=self.module.query_panel,
         )
         if backed:
             return read_counts(adata, spec, for_fit=False)
         data = prepare_counts(adata, **vars(spec))
         # A panel query's own encoder was trained with its absent genes missing: no bias.
-        panel = self.module.query_encoder is not None and bool(missing_genes(data))
+        panel = self.module.query_panel and bool(missing_genes(data))
         if data.missing is not None and not self.module.encode_mask and not panel:
             logger.warning(
                 "this model was fitted without missing values: its encoder cannot tell a "

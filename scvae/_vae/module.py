@@ -31,6 +31,7 @@ genes only) is compared with the expression the model expects on those genes alo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -100,11 +101,13 @@ class SCVAEModule(nn.Module):
         ``anchors``, filled by a query mapping): with ``alignment_weight > 0`` a query's
         minibatches are also aligned with them, so that the query's cells mix with the
         reference's and do not only land near them.
-    query_encoder
-        Give the query batches an encoder of their own (a trainable copy of the reference's,
-        ``scvae._vae.surgery.start_query_encoder``), for a query measured on fewer genes:
-        the reference's encoder never saw their genes missing. The reference's cells keep
-        its encoder.
+    query_encoder, query_decoder
+        Give the query batches an encoder (a decoder) of their own: trainable copies of the
+        reference's networks (``scvae._vae.surgery.start_query_networks``), through which
+        the query's cells alone pass. The reference's cells keep the reference's networks.
+    query_panel
+        The query lacked some of the reference's genes and its encoder was trained with them
+        missing: embedding reads absent genes as missing values (needs ``query_encoder``).
     """
 
     def __init__(
@@ -127,6 +130,8 @@ class SCVAEModule(nn.Module):
         n_covariates: int = 0,
         n_query_batches: int = 0,
         query_encoder: bool = False,
+        query_decoder: bool = False,
+        query_panel: bool = False,
         alignment_weight: float = 0.0,
         n_anchors: int = 0,
         prior_components: int = 0,
@@ -151,6 +156,8 @@ class SCVAEModule(nn.Module):
             "n_covariates": int(n_covariates),
             "n_query_batches": int(n_query_batches),
             "query_encoder": bool(query_encoder),
+            "query_decoder": bool(query_decoder),
+            "query_panel": bool(query_panel),
             "alignment_weight": float(alignment_weight),
             "n_anchors": int(n_anchors),
             "prior_components": int(prior_components),
@@ -205,9 +212,21 @@ class SCVAEModule(nn.Module):
         self.register_buffer("class_weights", weights.to(torch.get_default_dtype()))
         self.query_log_theta = None
         self.query_encoder = None
+        self.query_decoder = None
+        self.query_panel = bool(query_panel)
 
-        if query_encoder and not self.n_query_batches:
-            raise ValueError("query_encoder needs n_query_batches > 0")
+        if (query_encoder or query_decoder) and not self.n_query_batches:
+            raise ValueError("query_encoder and query_decoder need n_query_batches > 0")
+        if query_panel and not query_encoder:
+            raise ValueError("query_panel needs query_encoder")
+        if query_decoder:
+            self.query_decoder = nn.ModuleDict(
+                {
+                    "mlp": MLP(n_latent, width, n_hidden, n_layers, 0.0),
+                    "logits": nn.Linear(n_hidden, n_genes),
+                }
+            )
+            self.query_decoder["mlp"].add_query_batches(self.n_query_batches)
         if query_encoder:
             self.query_encoder = nn.ModuleDict(
                 {
@@ -255,18 +274,32 @@ class SCVAEModule(nn.Module):
         """Location and scale of ``q(z | x)`` (the input: ``scvae._vae.inputs.encoder_input``)."""
         h = encoder_input(x, library, self.library_scale, observed, nonzeros, self.encode_mask)
         inputs = self._covariates(batch_index, covariates)
-        if self.query_encoder is None:
-            return self._posterior(self.encoder, self.z_loc, self.z_scale, h, inputs)
-        is_new = batch_index >= self.first_query_batch
         query = self.query_encoder
+        return self._by_network(
+            batch_index,
+            lambda: self._posterior(self.encoder, self.z_loc, self.z_scale, h, inputs),
+            None
+            if query is None
+            else lambda: self._posterior(query["mlp"], query["loc"], query["scale"], h, inputs),
+        )
+
+    def _by_network(
+        self,
+        batch_index: torch.Tensor,
+        reference: Callable[[], tuple[torch.Tensor, ...]],
+        query: Callable[[], tuple[torch.Tensor, ...]] | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """``reference()``'s outputs for the reference's cells and ``query()``'s for a query's
+        (each called only if some cell needs it; ``query=None``: the reference's for all)."""
+        if query is None:
+            return reference()
+        is_new = batch_index >= self.first_query_batch
         if bool(is_new.all()):
-            return self._posterior(query["mlp"], query["loc"], query["scale"], h, inputs)
-        reference = self._posterior(self.encoder, self.z_loc, self.z_scale, h, inputs)
+            return query()
         if not bool(is_new.any()):
-            return reference
-        mapped = self._posterior(query["mlp"], query["loc"], query["scale"], h, inputs)
+            return reference()
         pick = is_new.unsqueeze(-1)
-        return tuple(torch.where(pick, m, r) for m, r in zip(mapped, reference, strict=True))
+        return tuple(torch.where(pick, q, r) for q, r in zip(query(), reference(), strict=True))
 
     @staticmethod
     def _posterior(
@@ -287,7 +320,17 @@ class SCVAEModule(nn.Module):
     ) -> CountDistribution:
         """Distribution of the counts given ``z`` (elementwise, not yet masked)."""
         inputs = self._covariates(batch_index, covariates)
-        h = self.decoder(z, *inputs)
+
+        def hidden_and_logits(mlp: MLP, out: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+            h = mlp(z, *inputs)
+            return h, out(h)
+
+        query = self.query_decoder
+        h, logits = self._by_network(
+            batch_index,
+            lambda: hidden_and_logits(self.decoder, self.gene_logits),
+            None if query is None else lambda: hidden_and_logits(query["mlp"], query["logits"]),
+        )
         log_theta = None
         if self.log_theta is not None:
             log_theta = self.log_theta[0]
@@ -296,7 +339,6 @@ class SCVAEModule(nn.Module):
             elif self.log_theta.shape[0] > 1:
                 log_theta = self.log_theta[batch_index]
         zi_logits = None if self.zi_logits is None else self.zi_logits(h)
-        logits = self.gene_logits(h)
         if inputs[1] is not None:  # zero for the reference's cells: their logits are unchanged
             logits = logits + inputs[1] @ self.query_gene_offsets
         log_library = torch.log(library.clamp(min=1.0))

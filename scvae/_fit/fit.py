@@ -22,7 +22,7 @@ from .._utils import distributed as ddp
 from .._utils.device import seeded
 from .._vae.module import SCVAEModule
 from ..metrics import leiden_clusters
-from .query import query_module, query_settings, read_query
+from .query import query_max_epochs, query_module, query_settings, read_query
 from .results import check_result_keys, report_all_zero_genes, write_results
 from .settings import FitSettings
 
@@ -56,7 +56,7 @@ def fit(
     max_epochs: int | None = None,
     batch_size: int = 128,
     lr: float | None = None,
-    early_stopping: bool = True,
+    early_stopping: bool | None = None,
     validation_fraction: float = 0.1,
     patience: int = 20,
     device: str | torch.device = "auto",
@@ -84,12 +84,15 @@ def fit(
         A fitted model to map ``adata`` onto (scArches' query mapping): ``adata`` holds new
         batches (``obs[batch_key]``, the reference's key by default, with names the
         reference does not use); the reference's weights are kept as they are and only
-        input weights for the new batches (and their dispersions, for ``"gene-batch"``)
-        are learnt. The architecture, covariates and labels are the reference's: pass only
-        training options (epochs, batch size, learning rate, seed, ...). Genes are matched
-        by name: the reference's genes ``adata`` lacks are missing values for its cells
-        (left out of the likelihood, and imputable with ``scvae.impute(...,
-        genes="model")``); genes the reference does not know are dropped with a warning.
+        what the new batches need is learnt: their input weights and gene offsets (and
+        dispersions, for ``"gene-batch"``), and an encoder and a decoder for their cells,
+        trainable copies of the reference's. The architecture, covariates and labels are
+        the reference's: pass only training options (epochs, batch size, learning rate,
+        seed, ...); the query trains 100 epochs by default, without early stopping (see
+        ``early_stopping``). Genes are matched by name: the reference's genes ``adata``
+        lacks are missing values for its cells (left out of the likelihood, and imputable
+        with ``scvae.impute(..., genes="model")``); genes the reference does not know are
+        dropped with a warning.
         The returned model knows the reference's batches and the new ones and embeds both.
         See :doc:`/mapping`.
     batch_key
@@ -163,6 +166,10 @@ def fit(
     early_stopping, validation_fraction, patience
         Hold out this fraction of cells (data with at least 100 cells) and stop after
         ``patience`` epochs without a better held-out ELBO, keeping the best parameters.
+        ``None`` (the default): on, except for a query mapping (``reference=``), which
+        trains ``max_epochs`` (default 100, fewer for more than 80,000 cells): a small
+        query's held-out ELBO peaks within a few epochs, before its cells mix with the
+        reference's (docs/mapping.md).
         The batch-alignment term goes on mixing batches after the ELBO's best epoch: where
         batches must mix (integration), ``early_stopping=False`` trains all ``max_epochs``
         and mixes them better at some cost in fit time and held-out likelihood
@@ -242,6 +249,8 @@ def _fit_query(adata: AnnData, reference: SCVAE, options: dict) -> SCVAE:
     settings = query_settings(reference, options)
     check_result_keys(adata, settings.key_added)
     data = read_query(adata, reference, settings)
+    if settings.max_epochs is None:
+        settings = replace(settings, max_epochs=query_max_epochs(data.n_cells))
     try:
         module = query_module(reference, data, settings.seed)
         model = fit_counts(data, settings, module=module)

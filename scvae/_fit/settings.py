@@ -119,7 +119,7 @@ class FitSettings:
     max_epochs: int | None = None
     batch_size: int = 128
     lr: float | None = None
-    early_stopping: bool = True
+    early_stopping: bool | None = None
     validation_fraction: float = 0.1
     patience: int = 20
     device: str | torch.device = "auto"
@@ -148,7 +148,8 @@ class FitSettings:
         if self.dispersion not in DISPERSIONS:
             raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {self.dispersion!r}")
         for name in ("early_stopping", "progress", "resume"):
-            _flag(name, getattr(self, name))
+            if name != "early_stopping" or self.early_stopping is not None:
+                _flag(name, getattr(self, name))
         if self.batch_alignment is not None:
             _number("batch_alignment", self.batch_alignment)
             if not (math.isfinite(self.batch_alignment) and self.batch_alignment >= 0):
@@ -259,6 +260,7 @@ class FitSettings:
                 else self.prior_components
             ),
             batch_alignment=float(alignment),
+            early_stopping=True if self.early_stopping is None else self.early_stopping,
             max_epochs=max_epochs,
             kl_warmup=kl_warmup,
             lr=lr,

@@ -22,7 +22,7 @@ from .._utils import distributed as ddp
 from .._utils.device import seeded
 from .._vae.module import SCVAEModule
 from ..metrics import leiden_clusters
-from .query import query_max_epochs, query_module, query_settings, read_query
+from .query import query_epochs, query_module, query_settings, read_query, with_reference_labels
 from .results import check_result_keys, report_all_zero_genes, write_results
 from .settings import FitSettings
 
@@ -88,12 +88,11 @@ def fit(
         dispersions, for ``"gene-batch"``), and an encoder and a decoder for their cells,
         trainable copies of the reference's. The architecture, covariates and labels are
         the reference's: pass only training options (epochs, batch size, learning rate,
-        seed, ...); the query trains 100 epochs by default, without early stopping (see
-        ``early_stopping``). Genes are matched by name: the reference's genes ``adata``
-        lacks are missing values for its cells (left out of the likelihood, and imputable
-        with ``scvae.impute(..., genes="model")``); genes the reference does not know are
-        dropped with a warning.
-        The returned model knows the reference's batches and the new ones and embeds both.
+        seed, ...; see ``early_stopping`` for the query's epochs). Genes are matched by
+        name: the reference's genes ``adata`` lacks are missing values for its cells (left
+        out of the likelihood, and imputable with ``scvae.impute(..., genes="model")``);
+        genes the reference does not know are dropped with a warning. The returned model
+        knows the reference's batches and the new ones and embeds both.
         See :doc:`/mapping`.
     batch_key
         ``obs`` column of batches; the batch one-hot enters every layer of the encoder and
@@ -166,14 +165,12 @@ def fit(
     early_stopping, validation_fraction, patience
         Hold out this fraction of cells (data with at least 100 cells) and stop after
         ``patience`` epochs without a better held-out ELBO, keeping the best parameters.
-        ``None`` (the default): on, except for a query mapping (``reference=``), which
-        trains ``max_epochs`` (default 100, fewer for more than 80,000 cells): a small
-        query's held-out ELBO peaks within a few epochs, before its cells mix with the
-        reference's (docs/mapping.md).
-        The batch-alignment term goes on mixing batches after the ELBO's best epoch: where
-        batches must mix (integration), ``early_stopping=False`` trains all ``max_epochs``
-        and mixes them better at some cost in fit time and held-out likelihood
-        (docs/mapping.md).
+        Default ``None``: on, but off for a query mapping (``reference=``), which trains
+        ``max_epochs`` (default 100; fewer past 80,000 cells), since a small query's
+        held-out ELBO peaks before its cells mix with the reference's. The batch-alignment
+        term goes on mixing batches after the ELBO's best epoch: where batches must mix
+        (integration), ``early_stopping=False`` trains all ``max_epochs`` and mixes them
+        better at some cost in fit time and held-out likelihood (docs/mapping.md).
     device
         ``"auto"`` (GPU when available), ``"cpu"`` or ``"cuda"``.
     seed
@@ -249,14 +246,10 @@ def _fit_query(adata: AnnData, reference: SCVAE, options: dict) -> SCVAE:
     settings = query_settings(reference, options)
     check_result_keys(adata, settings.key_added)
     data = read_query(adata, reference, settings)
-    if settings.max_epochs is None:
-        settings = replace(settings, max_epochs=query_max_epochs(data.n_cells))
+    settings = replace(settings, max_epochs=query_epochs(settings.max_epochs, data.n_cells))
     try:
         module = query_module(reference, data, settings.seed)
-        model = fit_counts(data, settings, module=module)
-        model.label_categories = list(reference.label_categories)
-        model.labels_key = reference.labels_key
-        model.settings["reference_batches"] = list(reference.batch_categories)
+        model = with_reference_labels(fit_counts(data, settings, module=module), reference)
         write_results(adata, model, data, [])
     finally:
         data.close()

@@ -41,7 +41,14 @@ from .settings import FitSettings, default_max_epochs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["new_batches", "query_max_epochs", "query_module", "query_settings", "read_query"]
+__all__ = [
+    "new_batches",
+    "query_epochs",
+    "query_module",
+    "query_settings",
+    "read_query",
+    "with_reference_labels",
+]
 
 # What a query's fit may set: where its data are, and how to train. Everything else (the
 # architecture, the likelihood, covariates, labels) is the reference's.
@@ -174,16 +181,27 @@ def query_module(reference: SCVAE, data: CountData, seed: int = 0) -> SCVAEModul
     return module.to(reference.device)
 
 
-def query_max_epochs(n_cells: int) -> int:
-    """Epochs of a query's fit when ``max_epochs`` is not given: 100 (scArches' query
-    training), fewer where a reference fit would train fewer (about 8M cell visits).
+def query_epochs(max_epochs: int | None, n_cells: int) -> int:
+    """Epochs of a query's fit: ``max_epochs`` if given, else 100 (scArches' query training),
+    fewer where a reference fit would train fewer (about 8M cell visits).
 
     Examples
     --------
-    >>> query_max_epochs(1000), query_max_epochs(200_000)
-    (100, 40)
+    >>> query_epochs(None, 1000), query_epochs(None, 200_000), query_epochs(7, 1000)
+    (100, 40, 7)
     """
+    if max_epochs is not None:
+        return max_epochs
     return min(QUERY_MAX_EPOCHS, default_max_epochs(n_cells))
+
+
+def with_reference_labels(model: SCVAE, reference: SCVAE) -> SCVAE:
+    """The fitted query ``model``, given the reference's label names and key (its label
+    head is the reference's) and the reference's batches in its settings."""
+    model.label_categories = list(reference.label_categories)
+    model.labels_key = reference.labels_key
+    model.settings["reference_batches"] = list(reference.batch_categories)
+    return model
 
 
 def new_batches(data: CountData, reference: SCVAE) -> list[str]:

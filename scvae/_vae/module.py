@@ -31,19 +31,24 @@ genes only) is compared with the expression the model expects on those genes alo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
 from .alignment import alignment_mmd
 from .distributions import CountDistribution
 from .inputs import covariate_inputs, encoder_input
-from .networks import MLP
+from .networks import (
+    MLP,
+    hidden_and_logits,
+    latent_posterior,
+    query_decoder_copy,
+    query_encoder_copy,
+    route_cells,
+)
 from .objective import CountRows
 from .prior import latent_prior, mixture_parameters
 
@@ -220,22 +225,13 @@ class SCVAEModule(nn.Module):
         if query_panel and not query_encoder:
             raise ValueError("query_panel needs query_encoder")
         if query_decoder:
-            self.query_decoder = nn.ModuleDict(
-                {
-                    "mlp": MLP(n_latent, width, n_hidden, n_layers, 0.0),
-                    "logits": nn.Linear(n_hidden, n_genes),
-                }
+            self.query_decoder = query_decoder_copy(
+                n_latent, width, n_hidden, n_genes, n_layers, self.n_query_batches
             )
-            self.query_decoder["mlp"].add_query_batches(self.n_query_batches)
         if query_encoder:
-            self.query_encoder = nn.ModuleDict(
-                {
-                    "mlp": MLP(n_in, width, n_hidden, n_layers, dropout),
-                    "loc": nn.Linear(n_hidden, n_latent),
-                    "scale": nn.Linear(n_hidden, n_latent),
-                }
+            self.query_encoder = query_encoder_copy(
+                n_in, width, n_hidden, n_latent, n_layers, dropout, self.n_query_batches
             )
-            self.query_encoder["mlp"].add_query_batches(self.n_query_batches)
         if self.n_query_batches:
             #: Per new batch and gene, a log-scale offset of expression: the gene-specific
             #: part of a batch effect, which the hidden layers' new inputs alone express poorly.
@@ -275,38 +271,14 @@ class SCVAEModule(nn.Module):
         h = encoder_input(x, library, self.library_scale, observed, nonzeros, self.encode_mask)
         inputs = self._covariates(batch_index, covariates)
         query = self.query_encoder
-        return self._by_network(
+        return route_cells(
             batch_index,
-            lambda: self._posterior(self.encoder, self.z_loc, self.z_scale, h, inputs),
+            self.first_query_batch,
+            lambda: latent_posterior(self.encoder, self.z_loc, self.z_scale, h, inputs),
             None
             if query is None
-            else lambda: self._posterior(query["mlp"], query["loc"], query["scale"], h, inputs),
+            else lambda: latent_posterior(query["mlp"], query["loc"], query["scale"], h, inputs),
         )
-
-    def _by_network(
-        self,
-        batch_index: torch.Tensor,
-        reference: Callable[[], tuple[torch.Tensor, ...]],
-        query: Callable[[], tuple[torch.Tensor, ...]] | None,
-    ) -> tuple[torch.Tensor, ...]:
-        """``reference()``'s outputs for the reference's cells and ``query()``'s for a query's
-        (each called only if some cell needs it; ``query=None``: the reference's for all)."""
-        if query is None:
-            return reference()
-        is_new = batch_index >= self.first_query_batch
-        if bool(is_new.all()):
-            return query()
-        if not bool(is_new.any()):
-            return reference()
-        pick = is_new.unsqueeze(-1)
-        return tuple(torch.where(pick, q, r) for q, r in zip(query(), reference(), strict=True))
-
-    @staticmethod
-    def _posterior(
-        mlp: MLP, loc: nn.Linear, scale: nn.Linear, h: torch.Tensor, inputs: tuple
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = mlp(h, *inputs)
-        return loc(h), F.softplus(scale(h)) + 1e-4
 
     def decode(
         self,
@@ -320,16 +292,14 @@ class SCVAEModule(nn.Module):
     ) -> CountDistribution:
         """Distribution of the counts given ``z`` (elementwise, not yet masked)."""
         inputs = self._covariates(batch_index, covariates)
-
-        def hidden_and_logits(mlp: MLP, out: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-            h = mlp(z, *inputs)
-            return h, out(h)
-
         query = self.query_decoder
-        h, logits = self._by_network(
+        h, logits = route_cells(
             batch_index,
-            lambda: hidden_and_logits(self.decoder, self.gene_logits),
-            None if query is None else lambda: hidden_and_logits(query["mlp"], query["logits"]),
+            self.first_query_batch,
+            lambda: hidden_and_logits(self.decoder, self.gene_logits, z, inputs),
+            None
+            if query is None
+            else lambda: hidden_and_logits(query["mlp"], query["logits"], z, inputs),
         )
         log_theta = None
         if self.log_theta is not None:

@@ -1,12 +1,24 @@
 """The encoder's and decoder's networks: blocks of Linear -> LayerNorm -> ReLU -> Dropout with
-the covariates entering every block, and a cheaper dropout."""
+the covariates entering every block, and a cheaper dropout; a query mapping's own copies of
+them, and the routing of a minibatch's reference and query cells through theirs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "Dropout"]
+__all__ = [
+    "MLP",
+    "Dropout",
+    "hidden_and_logits",
+    "latent_posterior",
+    "query_decoder_copy",
+    "query_encoder_copy",
+    "route_cells",
+]
 
 
 class Dropout(nn.Module):
@@ -80,3 +92,88 @@ class MLP(nn.Module):
             for block in list(layer)[1:]:
                 h = block(h)
         return h
+
+
+def latent_posterior(
+    mlp: MLP, loc: nn.Linear, scale: nn.Linear, h: torch.Tensor, inputs: tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Location and scale of q(z | x) from an encoder's ``mlp`` and output layers."""
+    h = mlp(h, *inputs)
+    return loc(h), F.softplus(scale(h)) + 1e-4
+
+
+def hidden_and_logits(
+    mlp: MLP, out: nn.Linear, z: torch.Tensor, inputs: tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder's last hidden layer and its ``out`` layer's gene logits for ``z``."""
+    h = mlp(z, *inputs)
+    return h, out(h)
+
+
+def query_encoder_copy(
+    n_in: int,
+    n_covariates: int,
+    n_hidden: int,
+    n_latent: int,
+    n_layers: int,
+    dropout: float,
+    n_query_batches: int,
+) -> nn.ModuleDict:
+    """A query mapping's own encoder (``mlp``, then ``loc`` and ``scale`` of q(z | x)), shaped
+    like the reference's, with inputs for ``n_query_batches`` new batches."""
+    networks = nn.ModuleDict(
+        {
+            "mlp": MLP(n_in, n_covariates, n_hidden, n_layers, dropout),
+            "loc": nn.Linear(n_hidden, n_latent),
+            "scale": nn.Linear(n_hidden, n_latent),
+        }
+    )
+    networks["mlp"].add_query_batches(n_query_batches)
+    return networks
+
+
+def query_decoder_copy(
+    n_latent: int,
+    n_covariates: int,
+    n_hidden: int,
+    n_genes: int,
+    n_layers: int,
+    n_query_batches: int,
+) -> nn.ModuleDict:
+    """A query mapping's own decoder (``mlp``, then the genes' ``logits``), shaped like the
+    reference's, with inputs for ``n_query_batches`` new batches."""
+    networks = nn.ModuleDict(
+        {
+            "mlp": MLP(n_latent, n_covariates, n_hidden, n_layers, 0.0),
+            "logits": nn.Linear(n_hidden, n_genes),
+        }
+    )
+    networks["mlp"].add_query_batches(n_query_batches)
+    return networks
+
+
+def route_cells(
+    batch_index: torch.Tensor,
+    first_query_batch: int,
+    reference: Callable[[], tuple[torch.Tensor, ...]],
+    query: Callable[[], tuple[torch.Tensor, ...]] | None,
+) -> tuple[torch.Tensor, ...]:
+    """``reference()``'s outputs for the reference's cells and ``query()``'s for a query's
+    (batch codes from ``first_query_batch`` on), each called only if some cell needs it;
+    ``query=None``: the reference's for all.
+
+    Examples
+    --------
+    >>> ones, twos = (lambda: (torch.ones(3, 1),)), (lambda: (2 * torch.ones(3, 1),))
+    >>> route_cells(torch.tensor([0, 2, 1]), 2, ones, twos)[0].ravel().tolist()
+    [1.0, 2.0, 1.0]
+    """
+    if query is None:
+        return reference()
+    is_query = batch_index >= first_query_batch
+    if not bool(is_query.any()):
+        return reference()
+    if bool(is_query.all()):
+        return query()
+    pick = is_query.unsqueeze(-1)
+    return tuple(torch.where(pick, q, r) for q, r in zip(query(), reference(), strict=True))

@@ -167,10 +167,9 @@ def fit(
         ``patience`` epochs without a better held-out ELBO, keeping the best parameters.
         Default ``None``: on, but off for a query mapping (``reference=``), which trains
         ``max_epochs`` (default 100; fewer past 80,000 cells), since a small query's
-        held-out ELBO peaks before its cells mix with the reference's. The batch-alignment
-        term goes on mixing batches after the ELBO's best epoch: where batches must mix
-        (integration), ``early_stopping=False`` trains all ``max_epochs`` and mixes them
-        better at some cost in fit time and held-out likelihood (docs/mapping.md).
+        held-out ELBO peaks before its cells mix with the reference's. With ``batch_key``
+        the batch-alignment term goes on mixing batches on the ELBO's plateau, so the epoch
+        kept is the latest within 0.5 % of the best held-out ELBO (docs/mapping.md).
     device
         ``"auto"`` (GPU when available), ``"cpu"`` or ``"cuda"``.
     seed

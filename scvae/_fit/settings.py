@@ -27,6 +27,10 @@ __all__ = ["BALANCE", "DEFAULT_ALIGNMENT", "FitSettings", "default_lr", "default
 BALANCE = (None, "labels", "batch", "auto")
 #: Weight of the batch-alignment (MMD) term when ``batch_alignment`` is not given.
 DEFAULT_ALIGNMENT = 10.0
+#: With batch alignment, early stopping keeps the latest epoch whose held-out ELBO is within
+#: this fraction of the best: the alignment term goes on mixing batches on the ELBO's plateau
+#: (docs/mapping.md, "Early stopping with batch alignment").
+ALIGNED_ELBO_TOLERANCE = 0.005
 #: The default latent space: a learned mixture of 20 diagonal normals in 30 dimensions, with or
 #: without batches and covariates (docs/embedding.md, docs/mapping.md).
 DEFAULT_N_LATENT = 30
@@ -304,8 +308,13 @@ class FitSettings:
             "kl_warmup_epochs": self.kl_warmup,
             "early_stopping": self.early_stopping and validating,
             "patience": self.patience,
+            "elbo_tolerance": ALIGNED_ELBO_TOLERANCE if self.aligns_batches() else 0.0,
             "progress": self.progress,
         }
+
+    def aligns_batches(self) -> bool:
+        """Whether the objective has the batch-alignment term (after :meth:`resolved`)."""
+        return self.batch_key is not None and bool(self.batch_alignment)
 
     def record(self) -> dict[str, Any]:
         """The settings as the plain dict a model keeps (``model.settings``), in ``fit``'s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class TrainState:
     stale: int
     best_state: dict[str, torch.Tensor] | None
     random: dict[str, Any]
+    peak_elbo: float = -math.inf  # absent from checkpoints written before it existed
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: that would deep-copy every tensor.
@@ -48,7 +50,7 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> TrainState:
-        return cls(**{f.name: state[f.name] for f in fields(cls)})
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
 
 @dataclass

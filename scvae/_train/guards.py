@@ -2,8 +2,8 @@
 
 A NaN or infinite loss restores the parameters of the last finite epoch and raises
 :class:`NonFiniteLossError`, naming the epoch, the step and the cells of its minibatch.
-:class:`EarlyStopping` keeps the best held-out ELBO after the KL warm-up and the parameters
-that gave it.
+:class:`EarlyStopping` keeps the best held-out ELBO after the KL warm-up (or the latest
+within a tolerance of it) and the parameters that gave it.
 """
 
 from __future__ import annotations
@@ -84,13 +84,19 @@ def non_finite_error(
 class EarlyStopping:
     """The best held-out ELBO once the KL warm-up is over, and the patience left.
 
-    ``enabled=False`` still records the best epoch (the history reports it) but never asks
-    to stop. :attr:`best_state` holds the parameters of :attr:`best_epoch`.
+    With ``tolerance`` > 0 the epoch kept (:attr:`best_epoch`, :attr:`best_elbo`) is the
+    latest whose held-out ELBO is within that fraction of the highest so far
+    (:attr:`peak_elbo`), and patience counts epochs below that band: a fit whose objective
+    has a term besides the ELBO (batch alignment) goes on improving it on a plateau of the
+    ELBO. ``enabled=False`` still records the kept epoch but never asks to stop.
+    :attr:`best_state` holds the parameters of :attr:`best_epoch`.
     """
 
     patience: int
     warmup_epochs: float
     enabled: bool
+    tolerance: float = 0.0
+    peak_elbo: float = -math.inf
     best_elbo: float = -math.inf
     best_epoch: int = -1
     stale: int = 0
@@ -99,7 +105,8 @@ class EarlyStopping:
     def update(self, epoch: int, elbo: float, module: torch.nn.Module) -> bool:
         """Record the held-out ELBO after ``epoch``; True when training should stop."""
         if epoch + 1 >= self.warmup_epochs:
-            if elbo > self.best_elbo:
+            self.peak_elbo = max(self.peak_elbo, elbo)
+            if elbo >= self.peak_elbo - self.tolerance * abs(self.peak_elbo):
                 self.best_elbo, self.best_epoch, self.stale = elbo, epoch, 0
                 self.best_state = snapshot(module)
             else:

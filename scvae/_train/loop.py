@@ -72,13 +72,16 @@ def train(
     kl_warmup_epochs: float = 0.0,
     early_stopping: bool = True,
     patience: int = 20,
+    elbo_tolerance: float = 0.0,
     progress: bool = True,
     checkpointing: Checkpointing | None = None,
 ) -> dict[str, list[float]]:
     """Fit ``module`` by stochastic variational inference; returns the per-epoch history.
 
     Early stopping watches the validation ELBO once the KL warm-up is over, stops after
-    ``patience`` epochs without improvement, and restores the best parameters.
+    ``patience`` epochs without improvement, and restores the best parameters; with
+    ``elbo_tolerance`` > 0, those of the latest epoch within that fraction of the best
+    (:class:`~scvae._train.guards.EarlyStopping`).
 
     Guards: the loss of every step is kept on the device and checked once per epoch (no
     per-step host sync); a NaN or infinite loss or parameter restores the parameters of the
@@ -108,7 +111,7 @@ def train(
     optimizer = adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     constant = train_source.log_factorial_per_cell()
     history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
-    stopping = EarlyStopping(patience, kl_warmup_epochs, early_stopping)
+    stopping = EarlyStopping(patience, kl_warmup_epochs, early_stopping, elbo_tolerance)
     start = 0
     resume = checkpointing.resume_state if checkpointing is not None else None
     if resume is not None:
@@ -167,15 +170,18 @@ def train(
                         stopping.stale,
                         stopping.best_state,
                         _random_state(train_source),
+                        stopping.peak_elbo,
                     )
                     checkpointing.write(state)
                 bar.set_postfix(postfix, refresh=False)
                 if stop:
                     logger.info(
-                        "early stopping at epoch %d: best validation ELBO %.2f at epoch %d",
+                        "early stopping at epoch %d: keeping epoch %d (validation ELBO %.2f, "
+                        "best %.2f)",
                         epoch,
-                        stopping.best_elbo,
                         stopping.best_epoch,
+                        stopping.best_elbo,
+                        stopping.peak_elbo,
                     )
                     break
     except KeyboardInterrupt:
@@ -257,6 +263,7 @@ def _resume(
     history.update({k: list(v) for k, v in state.history.items()})
     stopping.best_elbo, stopping.best_epoch = state.best_elbo, state.best_epoch
     stopping.stale, stopping.best_state = state.stale, state.best_state
+    stopping.peak_elbo = max(state.peak_elbo, state.best_elbo)
     _set_random_state(state.random, source)
     return state.epoch
 

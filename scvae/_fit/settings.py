@@ -29,7 +29,7 @@ BALANCE = (None, "labels", "batch", "auto")
 DEFAULT_ALIGNMENT = 10.0
 #: With batch alignment, early stopping keeps the latest epoch whose held-out ELBO is within
 #: this fraction of the best: the alignment term goes on mixing batches on the ELBO's plateau
-#: (docs/mapping.md, "Early stopping with batch alignment").
+#: (docs/mapping.md, the integration measurements).
 ALIGNED_ELBO_TOLERANCE = 0.005
 #: The default latent space: a learned mixture of 20 diagonal normals in 30 dimensions, with or
 #: without batches and covariates (docs/embedding.md, docs/mapping.md).

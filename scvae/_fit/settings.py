@@ -151,9 +151,10 @@ class FitSettings:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.dispersion not in DISPERSIONS:
             raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {self.dispersion!r}")
-        for name in ("early_stopping", "progress", "resume"):
-            if name != "early_stopping" or self.early_stopping is not None:
-                _flag(name, getattr(self, name))
+        if self.early_stopping is not None:  # None: the default, resolved per kind of fit
+            _flag("early_stopping", self.early_stopping)
+        for name in ("progress", "resume"):
+            _flag(name, getattr(self, name))
         if self.batch_alignment is not None:
             _number("batch_alignment", self.batch_alignment)
             if not (math.isfinite(self.batch_alignment) and self.batch_alignment >= 0):

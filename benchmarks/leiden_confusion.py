@@ -24,8 +24,7 @@ from scvae import metrics
 def confusion(embedding: np.ndarray, labels: np.ndarray, seed: int) -> tuple[dict, pd.DataFrame]:
     """The best Leiden scores of ``embedding`` and its clusters crossed with ``labels``."""
     best = metrics.best_leiden_scores(embedding, labels, seed=seed)
-    graph = metrics._neighbour_graph(embedding, seed=seed)
-    clusters = np.asarray(metrics._leiden(graph, best["resolution"], seed))
+    clusters = metrics.leiden_clusters(embedding, resolution=best["resolution"], seed=seed)
     table = pd.crosstab(pd.Series(labels, name="label"), pd.Series(clusters, name="cluster"))
     return best, table
 

@@ -21,6 +21,43 @@ from anndata import AnnData
 import scvae
 from scvae import datasets
 
+#: The threads torch runs with in a benchmark: ``OMP_NUM_THREADS`` (else the cores) when it
+#: started, or what :func:`limit_threads` set.
+_torch_threads = torch.get_num_threads()
+
+
+def limit_threads(threads: int) -> None:
+    """``threads`` for torch, BLAS/OpenMP, numba and XLA (jax is imported later, by scib)."""
+    from threadpoolctl import threadpool_limits
+
+    global _torch_threads
+    _torch_threads = threads
+    threadpool_limits(threads)
+    os.environ.setdefault(
+        "XLA_FLAGS",
+        f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}",
+    )
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    restore_torch_threads()
+
+
+def restore_torch_threads() -> None:
+    """Set torch back to the benchmark's threads (see ``_torch_threads``); call before each
+    timed fit.
+
+    numba's OpenMP pool, which scanpy's ``neighbors`` (pynndescent) starts, shares the OpenMP
+    runtime torch loaded and raises torch's count to the number of cores behind its back: two
+    benchmarks side by side with ``OMP_NUM_THREADS=1`` on 2 cores then ran 2 threads each,
+    and the fits after the first seed's scores took 2 to 4 times longer.
+    """
+    if torch.get_num_threads() != _torch_threads:
+        torch.set_num_threads(_torch_threads)
+
 
 def prepare(name: str, *, seed: int = 0, max_cells: int | None = None):
     """Raw counts of ``name``; 2000 HVGs (seurat_v3, on the training cells) if it has more

@@ -21,7 +21,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import PeakRSS, environment, markdown_table, prepare, scvi_epoch_timer, write_json
+from _common import (
+    PeakRSS,
+    environment,
+    markdown_table,
+    prepare,
+    restore_torch_threads,
+    scvi_epoch_timer,
+    write_json,
+)
 
 from scvae import metrics
 from scvae._batches.minibatch import minibatches_per_epoch
@@ -34,6 +42,7 @@ logger = logging.getLogger("benchmark")
 
 def run_scvae(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True) -> dict:
     data = prepare_counts(adata)
+    restore_torch_threads()
     with PeakRSS() as rss:
         model = fit_counts(
             data,
@@ -84,6 +93,7 @@ def run_scvi(adata, train_idx, test_idx, args, seed: int, evaluate: bool = True)
         train, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dispersion="gene"
     )
     timer = scvi_epoch_timer()
+    restore_torch_threads()
     with PeakRSS() as rss:
         model.train(
             max_epochs=args.epochs,

@@ -54,7 +54,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import environment, markdown_table, scvae_options, write_json
+from _common import (
+    environment,
+    markdown_table,
+    restore_torch_threads,
+    scvae_options,
+    write_json,
+)
 from anndata import AnnData
 from sklearn.metrics import average_precision_score
 
@@ -89,6 +95,7 @@ def scanpy_calls(adata: AnnData, method: str) -> pd.DataFrame:
 def scvae_calls(
     adata: AnnData, seed: int, max_epochs: int | None, options: dict
 ) -> tuple[pd.DataFrame, float]:
+    restore_torch_threads()
     start = time.perf_counter()
     model = scvae.fit(
         adata, batch_key="batch", seed=seed, progress=False, max_epochs=max_epochs, **options
@@ -113,6 +120,7 @@ def scvi_calls(
     data = adata.copy()
     scvi.model.SCVI.setup_anndata(data, batch_key="batch")
     model = scvi.model.SCVI(data)
+    restore_torch_threads()
     start = time.perf_counter()
     model.train(max_epochs=max_epochs, enable_progress_bar=False)
     fit_seconds = time.perf_counter() - start

@@ -35,7 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import scanpy as sc
-from _common import environment, markdown_table, prepare, scvae_options, write_json
+from _common import (
+    environment,
+    markdown_table,
+    prepare,
+    restore_torch_threads,
+    scvae_options,
+    write_json,
+)
 from anndata import AnnData
 from sklearn.metrics import silhouette_score
 
@@ -72,6 +79,7 @@ def embed(
     """The embedding of every cell by ``method`` trained on ``train_idx``, its held-out
     log p(x) (``None`` for PCA) and the training time."""
     train, test = adata[train_idx].copy(), adata[test_idx].copy()
+    restore_torch_threads()
     started = time.perf_counter()
     if method == "scvae":
         model = scvae.fit(train, seed=seed, progress=False, **options)

@@ -51,7 +51,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import environment, markdown_table, scvae_options, write_json
+from _common import (
+    environment,
+    markdown_table,
+    restore_torch_threads,
+    scvae_options,
+    write_json,
+)
 from anndata import AnnData
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -212,6 +218,7 @@ def fit_scvi(adata: AnnData, seed: int, max_epochs: int | None) -> tuple[np.ndar
     """SCVI's latent means with its defaults and ``batch_key="batch"``; (latent, epochs)."""
     import scvi
 
+    restore_torch_threads()
     scvi.settings.seed = seed
     data = adata.copy()
     scvi.model.SCVI.setup_anndata(data, batch_key="batch")
@@ -230,6 +237,7 @@ def fit_scvae(
 ) -> tuple[np.ndarray, int]:
     """scvae's latent means with ``batch_key="batch"``, its defaults but for ``options`` (more
     keywords of ``scvae.fit``); (latent, epochs)."""
+    restore_torch_threads()
     data = adata.copy()
     model = scvae.fit(
         data, batch_key="batch", max_epochs=max_epochs, seed=seed, progress=False, **options

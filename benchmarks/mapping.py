@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -80,7 +79,14 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
-from _common import environment, markdown_table, scvae_options, write_json
+from _common import (
+    environment,
+    limit_threads,
+    markdown_table,
+    restore_torch_threads,
+    scvae_options,
+    write_json,
+)
 from anndata import AnnData
 from integration import (
     COLUMNS,
@@ -220,6 +226,7 @@ def fit_scvi_reference(ref: AnnData, seed: int, quick: bool):
     scvi.settings.seed = seed
     data = ref.copy()
     scvi.model.SCVI.setup_anndata(data, batch_key="batch")
+    restore_torch_threads()
     started = time.perf_counter()
     scvi_model = scvi.model.SCVI(data)
     scvi_model.train(max_epochs=QUICK_EPOCHS if quick else None, **TRAIN_QUIET)
@@ -235,6 +242,7 @@ def fit_scvi_reference(ref: AnnData, seed: int, quick: bool):
 def scvi_query(cls, query: AnnData, reference, quick: bool):
     """``cls.load_query_data`` of ``query`` onto ``reference``, trained as the scArches
     tutorial; (model, its AnnData, seconds)."""
+    restore_torch_threads()
     started = time.perf_counter()
     model = cls.load_query_data(query, reference)
     model.train(
@@ -280,6 +288,7 @@ def mapping_rows(name: str, ref: AnnData, query: AnnData, seed: int, args) -> tu
 
     def fit_labelled(adata: AnnData) -> scvae.SCVAE:
         """scvae's fit with the label head, as the reference and the de novo fit use it."""
+        restore_torch_threads()
         return scvae.fit(
             adata,
             batch_key="batch",
@@ -439,6 +448,7 @@ def panel(name, ref, query, model, scvi_ref, seed, args) -> list[dict]:
 
     logger.info("%s seed %d: panel of %d genes", name, seed, measured.sum())
     q = query_panel.copy()
+    restore_torch_threads()
     started = time.perf_counter()
     qmodel = scvae.fit(
         q, reference=model, max_epochs=epochs, seed=seed, progress=False, **args.scvae_options
@@ -565,25 +575,6 @@ PANEL_COLUMNS = [
     ("type genes median Pearson r", "type genes: Pearson", ".3f"),
     ("type genes median Spearman r", "type genes: Spearman", ".3f"),
 ]
-
-
-def limit_threads(threads: int) -> None:
-    """``threads`` for torch, BLAS/OpenMP, numba and XLA (jax is imported later, by scib)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
-    os.environ.setdefault(
-        "XLA_FLAGS",
-        f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}",
-    )
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
 
 
 def write_results(rows, panel_rows, descriptions, args, *, final: bool) -> None:

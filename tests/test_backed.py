@@ -16,6 +16,7 @@ import scvae
 from scvae import metrics
 from scvae._batches.blocks import ChunkSource
 from scvae._data.backed import prepare_streaming
+from scvae._fit.settings import DEFAULT_N_LATENT_WITH_BATCHES
 
 # A child process measures its own peak RSS: imports and a tiny warm-up fit first (their
 # memory is not the data's), then the kernel's high-water mark is reset. "stream": one
@@ -99,7 +100,7 @@ def test_backed_fit_recovers_groups_like_in_memory_fit(backed_file, backed_fit):
     model, backed, digest_before = backed_fit
     labels = backed.obs["cell_type"].to_numpy()
     z_backed = backed.obsm["X_scvae"]
-    assert z_backed.shape == (2000, 30)
+    assert z_backed.shape == (2000, DEFAULT_N_LATENT_WITH_BATCHES)
     memory = in_memory.copy()
     scvae.fit(memory, batch_key="batch", max_epochs=15, progress=False)
     acc_backed = metrics.knn_scores(z_backed, labels)["accuracy"]
@@ -218,7 +219,7 @@ def test_cli_fit_then_embed_a_file(backed_file, tmp_path):
         main(["--debug", *args])
     assert main(["embed", str(path), "--model", str(model_dir), "--out", str(out)]) == 0
     written = anndata.read_h5ad(out)
-    assert written.obsm["X_scvae"].shape == (2000, 30)
+    assert written.obsm["X_scvae"].shape == (2000, DEFAULT_N_LATENT_WITH_BATCHES)
     assert list(written.obs_names) == list(in_memory.obs_names)
     np.testing.assert_allclose(
         written.obsm["X_scvae"], scvae.load(model_dir).embed(in_memory), atol=1e-5

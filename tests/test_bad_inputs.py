@@ -27,6 +27,7 @@ import torch
 import scvae
 import scvae._cli  # the K rows patch it
 from scvae._data.memory import prepare_counts
+from scvae._fit.settings import DEFAULT_N_LATENT
 from scvae._train.loop import NonFiniteLossError
 
 from .fingerprint import changed, fingerprint
@@ -260,7 +261,7 @@ def _(env):
     a.obs_names = ["cell_0", *a.obs_names[:-1]]
     fit(a)
     assert "obs_names are not unique (e.g. 'cell_0')" in env.caplog.text
-    assert a.obsm["X_scvae"].shape == (120, 30)
+    assert a.obsm["X_scvae"].shape == (120, DEFAULT_N_LATENT)
 
 
 @case("F20")
@@ -399,7 +400,7 @@ def _(env):
     view = parent[:100]
     with pytest.warns(UserWarning, match="view"):  # anndata's ImplicitModificationWarning
         fit(view)
-    assert view.obsm["X_scvae"].shape == (100, 30)
+    assert view.obsm["X_scvae"].shape == (100, DEFAULT_N_LATENT)
     assert not changed(before, fingerprint(parent))
 
 
@@ -1645,7 +1646,7 @@ def _(env):
 def _(env):
     a = query_of(env)
     fit(a, reference=env.model)
-    assert "X_scvae" in a.obsm and a.obsm["X_scvae"].shape == (120, 30)
+    assert "X_scvae" in a.obsm and a.obsm["X_scvae"].shape == (120, env.model.module.n_latent)
     assert not np.isnan(a.obsm["X_scvae"]).any()
     env.caplog.clear()
     b = query_of(env)
@@ -1983,7 +1984,7 @@ def _(env):
     a = env.adata()
     a.obsm["X_scvae"] = np.zeros((a.n_obs, 3), dtype=np.float32)
     fit(a)
-    assert a.obsm["X_scvae"].shape == (a.n_obs, 30)
+    assert a.obsm["X_scvae"].shape == (a.n_obs, DEFAULT_N_LATENT)
     assert "adata.obsm['X_scvae'] exists without the record of an scvae fit" in env.caplog.text
 
 

@@ -6,6 +6,7 @@ import anndata as ad
 
 import scvae
 from scvae.__main__ import main
+from scvae._fit.settings import DEFAULT_N_LATENT_WITH_BATCHES
 
 
 def test_demo_command_writes_outputs_and_scvae_beats_pca(tmp_path, capsys):
@@ -17,7 +18,8 @@ def test_demo_command_writes_outputs_and_scvae_beats_pca(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| scvae |" in table and "| PCA |" in table
     adata = ad.read_h5ad(out / "demo.h5ad")
-    assert adata.obsm["X_scvae"].shape[1] == 30 and "X_umap" in adata.obsm
+    assert adata.obsm["X_scvae"].shape[1] == DEFAULT_N_LATENT_WITH_BATCHES
+    assert "X_umap" in adata.obsm
     model = scvae.load(out / "model", adata=adata)
     assert model.embed(adata).shape == adata.obsm["X_scvae"].shape
 

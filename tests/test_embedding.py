@@ -15,6 +15,7 @@ import scanpy as sc
 
 import scvae
 from scvae import metrics
+from scvae._fit.settings import DEFAULT_N_LATENT
 
 
 def _pca(adata, n_comps: int = 50) -> np.ndarray:
@@ -65,7 +66,7 @@ def test_fit_records_the_latent_space_it_uses(subtle):
 def test_latent_directions_follow_the_number_of_types(n_groups):
     """k well-separated types span k - 1 directions: they hold nearly all the variance of
     the embedding, and the fit reports at most two directions more (weak ones, variance
-    0.1 to 0.5, measured in docs/embedding.md), not the 30 dimensions a standard normal
+    0.1 to 0.5, measured in docs/embedding.md), not all the dimensions a standard normal
     prior's fit spreads the cells over."""
     adata = scvae.datasets.simulate(
         800,
@@ -82,4 +83,4 @@ def test_latent_directions_follow_the_number_of_types(n_groups):
     assert n_groups - 1 <= used <= n_groups + 1, used
     variances = np.linalg.eigvalsh(np.cov(adata.obsm["X_scvae"].T.astype(np.float64)))[::-1]
     assert variances[: n_groups - 1].sum() > 0.9 * variances.sum(), variances[:8]
-    assert adata.obsm["X_scvae"].shape[1] == 30
+    assert adata.obsm["X_scvae"].shape[1] == DEFAULT_N_LATENT

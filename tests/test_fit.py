@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 import scvae
 from scvae import metrics
+from scvae._fit.settings import DEFAULT_N_LATENT_WITH_BATCHES
 
 from .conftest import assert_close_embeddings, quick_fit
 
@@ -15,7 +16,7 @@ from .conftest import assert_close_embeddings, quick_fit
 def test_embedding_recovers_simulated_groups_and_removes_batch(fitted):
     _, adata = fitted
     z = adata.obsm["X_scvae"]
-    assert z.shape == (adata.n_obs, 30)
+    assert z.shape == (adata.n_obs, DEFAULT_N_LATENT_WITH_BATCHES)
     labels = adata.obs["cell_type"].to_numpy()
     assert metrics.leiden_scores(z, labels, resolution=0.5)["ari"] > 0.9
     assert metrics.knn_scores(z, labels)["accuracy"] > 0.95

@@ -19,7 +19,7 @@ __all__ = ["MMD_KERNEL_WIDTHS", "alignment_mmd", "batch_mmd"]
 
 #: Widths of the Gaussian kernels of :func:`batch_mmd`: each kernel is ``exp(-d^2 / (w m))``
 #: with ``m`` the median squared distance between the minibatch's latent points, so that the
-#: kernels follow the latent space's own scale (a mixture prior in 30 dimensions spreads the
+#: kernels follow the latent space's own scale (a mixture prior in 50 dimensions spreads the
 #: points further than a standard normal in 10; fixed bandwidths then see no pair as close).
 MMD_KERNEL_WIDTHS = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 

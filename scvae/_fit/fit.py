@@ -137,7 +137,7 @@ def fit(
     dispersion
         ``"gene"`` or ``"gene-batch"``: one NB inverse dispersion per gene (and batch).
     n_latent, n_hidden, n_layers, dropout
-        Latent dimensions (default 30); width and depth
+        Latent dimensions (default 30, 50 with ``batch_key``); width and depth
         of encoder/decoder; encoder dropout. Dimensions
         the data do not need collapse onto the prior (``adata.uns[key_added]
         ["n_active_units"]`` counts those in use); see docs/embedding.md for choosing it.

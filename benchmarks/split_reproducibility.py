@@ -103,6 +103,14 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     half = np.zeros(adata.n_vars, dtype=bool)
     half[rng.choice(adata.n_vars, adata.n_vars // 2, replace=False)] = True
+    # Cells with no count in either half (a few on sparse data) cannot be embedded or scored.
+    counted = (np.asarray(adata[:, half].X.sum(axis=1)).ravel() > 0) & (
+        np.asarray(adata[:, ~half].X.sum(axis=1)).ravel() > 0
+    )
+    if not counted.all():
+        print(f"left out: {int((~counted).sum())} cells with no count in one half of the genes")
+        train_idx = np.flatnonzero(np.isin(np.flatnonzero(counted), train_idx))
+        adata, labels = adata[counted].copy(), labels[counted]
     seen, unseen = adata[:, half].copy(), adata[:, ~half].copy()
     restore_torch_threads()
     model = scvae.fit(seen[train_idx].copy(), seed=args.seed, progress=False)

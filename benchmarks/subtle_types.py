@@ -1,6 +1,7 @@
 """scvae's embedding of the subtle simulated types of ``tests/test_embedding.py``, under other
-fit options (issue 20, docs/embedding.md): kNN balanced accuracy (k = 15, 5-fold) against the
-simulated types, the latent directions the fit reports, and PCA's score beside it.
+fit options (issue 20, docs/embedding.md): kNN balanced accuracy (k = 15, 5-fold, as in the
+test) against the simulated types, the latent directions the fit reports, and PCA's score
+beside it.
 
 Each argument is one fit, its keywords as JSON (``seed`` among them, default 0)::
 
@@ -58,7 +59,7 @@ def main() -> None:
     labels = data.obs["cell_type"].to_numpy()
     logger.info(
         "PCA: kNN balanced accuracy %.3f",
-        metrics.knn_scores(pca(data), labels)["balanced_accuracy"],
+        metrics.knn_scores(pca(data), labels, folds=5)["balanced_accuracy"],
     )
     for text in args.fits:
         options = json.loads(text)
@@ -66,7 +67,7 @@ def main() -> None:
         adata = data.copy()
         started = time.perf_counter()
         model = scvae.fit(adata, progress=False, seed=seed, **options)
-        score = metrics.knn_scores(adata.obsm["X_scvae"], labels)["balanced_accuracy"]
+        score = metrics.knn_scores(adata.obsm["X_scvae"], labels, folds=5)["balanced_accuracy"]
         logger.info(
             "%s seed %d: kNN balanced accuracy %.3f, %d latent directions, %d epochs, %.0f s",
             json.dumps(options),

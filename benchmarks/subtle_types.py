@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import scanpy as sc
+from _common import restore_torch_threads
 from anndata import AnnData
 
 import scvae
@@ -65,6 +66,7 @@ def main() -> None:
         options = json.loads(text)
         seed = options.pop("seed", 0)
         adata = data.copy()
+        restore_torch_threads()
         started = time.perf_counter()
         model = scvae.fit(adata, progress=False, seed=seed, **options)
         score = metrics.knn_scores(adata.obsm["X_scvae"], labels, folds=5)["balanced_accuracy"]

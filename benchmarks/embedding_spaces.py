@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import scanpy as sc
 from _common import markdown_table, prepare, restore_torch_threads, write_json
-from embedding import scores
+from embedding import medians, scores
 
 import scvae
 
 COLUMNS = [
     ("dataset", "dataset", ""),
-    ("embedding", "embedding", ""),
+    ("method", "embedding", ""),
     ("n_seeds", "seeds", ""),
     ("knn_balanced_accuracy", "kNN bal. acc.", ".3f"),
     ("recall_smallest3", "recall, 3 smallest", ".3f"),
@@ -71,20 +71,13 @@ def main() -> None:
             for name, z in spaces(adata, model, seed).items():
                 z = np.asarray(z, dtype=np.float32)
                 rows.append(
-                    {"dataset": dataset, "embedding": name, "seed": seed} | scores(z, labels, seed)
+                    {"dataset": dataset, "method": name, "seed": seed} | scores(z, labels, seed)
                 )
                 write_json(args.out, {"rows": rows})
-    keys = list(dict.fromkeys((r["dataset"], r["embedding"]) for r in rows))
-    medians = []
-    for dataset, name in keys:
-        group = [r for r in rows if (r["dataset"], r["embedding"]) == (dataset, name)]
-        row = {"dataset": dataset, "embedding": name, "n_seeds": len(group)}
-        for key, _, _ in COLUMNS[3:]:
-            row[key] = float(np.median([r[key] for r in group]))
-        medians.append(row)
-    table = markdown_table(medians, COLUMNS)
+    summary = medians(rows)
+    table = markdown_table(summary, COLUMNS)
     print(table)
-    write_json(args.out, {"table": table, "medians": medians, "rows": rows})
+    write_json(args.out, {"table": table, "medians": summary, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ that likelihood would ignore that most genes do not change, and a comparison of 
 genes would then select too many null genes near the threshold. Here, as in ashr (Stephens
 2017, "False discovery rates: a new deal"), the effects share a prior, a mixture of
 zero-centred normals on a fixed grid of scales whose weights are fitted to all genes by
-maximum likelihood (EM), with extra weight on the narrowest component so that the fit leans
-towards "no change" when the data cannot tell. Each gene's posterior is then a mixture of
-normals, in closed form.
+maximum likelihood (EM), with extra weight on the first component, a point mass at zero ("no
+change"), so that the fit leans towards it when the data cannot tell. Each gene's posterior is
+then, in closed form, that point mass and a mixture of normals: ``P(|effect| > 0)`` is the
+posterior probability of any change at all (one minus ashr's local false discovery rate), not
+1 as it would be under normals alone.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from scipy.special import ndtr
 
 __all__ = ["ShrunkEffects", "shrink"]
 
-#: Prior scales (log2 fold change): near-null first, then doublings up to large effects.
-SCALES = np.array([1e-3, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4])
-#: Extra pseudo-observations on the near-null component (ashr's "nullbiased" penalty).
+#: Prior scales (log2 fold change): the point mass of "no change" first, then doublings up to
+#: large effects.
+SCALES = np.array([0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4])
+#: Extra pseudo-observations on the point mass (ashr's "nullbiased" penalty).
 NULL_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
 class ShrunkEffects:
-    """Posterior of each gene's effect: mixture weights, means and sds per component."""
+    """Posterior of each gene's effect: mixture weights, means and sds per component (an sd
+    of 0: a point mass at the mean)."""
 
     weights: np.ndarray  # (genes, components)
     means: np.ndarray
@@ -42,12 +46,34 @@ class ShrunkEffects:
 
     def cdf(self, value: np.ndarray | float) -> np.ndarray:
         """``P(effect <= value)`` per gene."""
-        value = np.asarray(value, dtype=float).reshape(-1, 1)
-        return (self.weights * ndtr((value - self.means) / self.sds)).sum(axis=1)
+        return self._below(value, strict=False)
 
     def proba_beyond(self, delta: float) -> np.ndarray:
-        """``P(|effect| > delta)`` per gene."""
-        return 1.0 - self.cdf(delta) + self.cdf(-delta)
+        """``P(|effect| > delta)`` per gene (``delta`` >= 0; 0: any change).
+
+        Examples
+        --------
+        900 genes without a change and 100 changed by 2 (log2), each estimated with an error
+        of 0.2: the chance of any change at all, then of one beyond 0.5, on each set.
+
+        >>> rng = np.random.default_rng(0)
+        >>> truth = np.r_[np.zeros(900), rng.choice([-2.0, 2.0], 100)]
+        >>> posterior = shrink(truth + rng.normal(0, 0.2, 1000), np.full(1000, 0.2))
+        >>> for delta in (0.0, 0.5):
+        ...     proba = posterior.proba_beyond(delta)
+        ...     print(f"{proba[:900].mean():.3f} {proba[900:].mean():.3f}")
+        0.089 1.000
+        0.010 1.000
+        """
+        return 1.0 - self.cdf(delta) + self._below(-delta, strict=True)
+
+    def _below(self, value: np.ndarray | float, *, strict: bool) -> np.ndarray:
+        """``P(effect < value)`` (``strict``) or ``P(effect <= value)`` per gene."""
+        value = np.asarray(value, dtype=float).reshape(-1, 1)
+        point = self.sds == 0
+        spread = ndtr((value - self.means) / np.where(point, 1.0, self.sds))
+        mass = (self.means < value) if strict else (self.means <= value)
+        return (self.weights * np.where(point, mass, spread)).sum(axis=1)
 
     def quantile(self, q: float, iterations: int = 60) -> np.ndarray:
         """The ``q`` quantile per gene (bisection on the mixture's distribution function)."""
@@ -97,4 +123,4 @@ def shrink(estimate: np.ndarray, se: np.ndarray, *, iterations: int = 200) -> Sh
     shrinkage = prior_var[None, :] / total_var
     means = shrinkage * estimate[:, None]
     sds = np.sqrt(shrinkage * se[:, None] ** 2)
-    return ShrunkEffects(weights, means, np.maximum(sds, 1e-12))
+    return ShrunkEffects(weights, means, sds)

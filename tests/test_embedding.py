@@ -84,3 +84,31 @@ def test_latent_directions_follow_the_number_of_types(n_groups):
     variances = np.linalg.eigvalsh(np.cov(adata.obsm["X_scvae"].T.astype(np.float64)))[::-1]
     assert variances[: n_groups - 1].sum() > 0.9 * variances.sum(), variances[:8]
     assert adata.obsm["X_scvae"].shape[1] == DEFAULT_N_LATENT
+
+
+def test_types_that_differ_in_depth_alone_are_told_apart():
+    """Half of one type's cells at three times the depth, labelled as a type of their own
+    (as bladder's label 9 is label 4 at twice the depth, docs/embedding.md). With the library
+    size generated from z (the default without a batch key) the embedding separates them;
+    without it, z holds composition alone and mixes them. Measured when written: balanced
+    accuracy on the two 0.73 / 0.80 against 0.61 / 0.59 (seeds 0 / 1)."""
+    import anndata as ad
+
+    options = dict(n_groups=3, n_batches=1, de_fraction=0.1, de_log_fold=1.0, seed=3)
+    shallow = scvae.datasets.simulate(900, 200, median_library=600, **options)
+    deep = scvae.datasets.simulate(900, 200, median_library=1800, **options)  # same cells, 3x
+    first = np.flatnonzero(shallow.obs["cell_type"] == "group_0")
+    moved = first[len(first) // 2 :]
+    kept = shallow[np.setdiff1d(np.arange(shallow.n_obs), moved)]
+    adata = ad.concat([kept, deep[moved]], index_unique="-")
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    labels[kept.n_obs :] = "group_0_deep"
+    pair = np.isin(labels, ["group_0", "group_0_deep"])
+    scores = {}
+    for flag in (True, False):
+        a = adata.copy()
+        model = scvae.fit(a, max_epochs=150, progress=False, seed=0, library_from_latent=flag)
+        assert model.module.library_from_latent == flag
+        z = a.obsm["X_scvae"]
+        scores[flag] = metrics.knn_scores(z[pair], labels[pair], folds=5)["balanced_accuracy"]
+    assert scores[True] > 0.7 and scores[True] > scores[False] + 0.08, scores

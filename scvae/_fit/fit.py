@@ -51,6 +51,7 @@ def fit(
     n_layers: int = 1,
     dropout: float = 0.1,
     prior_components: int | None = None,
+    library_from_latent: bool | None = None,
     beta: float = 1.0,
     kl_warmup: int | None = None,
     max_epochs: int | None = None,
@@ -148,6 +149,14 @@ def fit(
         the whole prior: neighbourhoods, clusters and the held-out likelihood all improve
         (docs/embedding.md). Data with one continuous trajectory and no types may be split
         into artificial clusters; use 0 there.
+    library_from_latent
+        Let z generate each cell's (log) library size too, and the encoder read it: depth
+        that differs between cell types (a type with twice the RNA) is then in the
+        embedding, as far as it pays for its KL; the counts' likelihood still takes the
+        library size as observed. Default: on without ``batch_key``, off with one (where
+        depth differs between batches for technical reasons; not yet measured there).
+        Off, the embedding holds each cell's composition and none of its depth
+        (docs/embedding.md).
     beta
         Weight of the KL term (beta-VAE); 1 is the ELBO.
     kl_warmup
@@ -311,6 +320,7 @@ def fit_counts(
                 len(data.batch_categories),
                 encode_mask=data.missing is not None,
                 library_scale=sources.train.median_library(),
+                **library_standardisation(data.library),
                 n_covariates=0 if data.covariate_layout is None else data.covariate_layout.width,
                 **settings.module_options(),
                 **head,
@@ -396,3 +406,19 @@ def _model(
         history=history,
         reference=reference,
     )
+
+
+def library_standardisation(library: np.ndarray) -> dict[str, float]:
+    """Mean and standard deviation of the cells' log library sizes (``library_center``,
+    ``library_spread`` of the module; the spread at least 0.05).
+
+    Examples
+    --------
+    >>> {k: round(v, 3) for k, v in library_standardisation(np.array([100.0, 1000.0])).items()}
+    {'library_center': 5.756, 'library_spread': 1.151}
+    """
+    log_library = np.log(np.maximum(np.asarray(library, dtype=np.float64), 1.0))
+    return {
+        "library_center": float(log_library.mean()),
+        "library_spread": float(max(log_library.std(), 0.05)),
+    }

@@ -78,6 +78,12 @@ def query_settings(reference: SCVAE, options: dict[str, Any]) -> FitSettings:
             "the reference was fitted without batch_key: a query mapping adds the query's "
             "batches to the reference's, so fit the reference with batch_key=..."
         )
+    if reference.module.library_from_latent:
+        raise ValueError(
+            "the reference generates library sizes from its latent space "
+            "(library_from_latent=True), which a query mapping does not support yet: fit the "
+            "reference with library_from_latent=False"
+        )
     if reference.module.n_query_batches:
         raise ValueError(
             "the reference is itself a query mapping; map every query onto the original "

@@ -121,6 +121,7 @@ class FitSettings:
     n_layers: int = 1
     dropout: float = 0.1
     prior_components: int | None = None
+    library_from_latent: bool | None = None
     beta: float = 1.0
     kl_warmup: int | None = None
     max_epochs: int | None = None
@@ -154,6 +155,8 @@ class FitSettings:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.dispersion not in DISPERSIONS:
             raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {self.dispersion!r}")
+        if self.library_from_latent is not None:  # None: the default, resolved per kind of fit
+            _flag("library_from_latent", self.library_from_latent)
         if self.early_stopping is not None:  # None: the default, resolved per kind of fit
             _flag("early_stopping", self.early_stopping)
         for name in ("progress", "resume"):
@@ -268,6 +271,11 @@ class FitSettings:
                 if self.prior_components is None
                 else self.prior_components
             ),
+            library_from_latent=(
+                self.batch_key is None
+                if self.library_from_latent is None
+                else bool(self.library_from_latent)
+            ),
             batch_alignment=float(alignment),
             early_stopping=True if self.early_stopping is None else self.early_stopping,
             max_epochs=max_epochs,
@@ -289,6 +297,7 @@ class FitSettings:
             "dispersion": self.dispersion,
             "dropout": self.dropout,
             "prior_components": self.prior_components,
+            "library_from_latent": self.library_from_latent,
             "alignment_weight": self.batch_alignment,
         }
 

@@ -55,6 +55,9 @@ _MODULE_TYPES = {
     "alignment_weight": (int, float),
     "n_anchors": int,
     "prior_components": int,
+    "library_from_latent": bool,
+    "library_center": (int, float),
+    "library_spread": (int, float),
 }
 
 

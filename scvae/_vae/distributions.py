@@ -187,6 +187,9 @@ class CountDistribution(TorchDistribution):
     arg_constraints: ClassVar[dict] = {}
     support = constraints.nonnegative_integer
     has_rsample = False
+    #: With missing entries (``SCVAEModule.decode`` with a mask): the log of the expression
+    #: share on each cell's observed genes, ``(cells,)``; ``None`` for complete data.
+    log_observed_share: torch.Tensor | None = None
 
     def __init__(
         self,

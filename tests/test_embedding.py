@@ -89,7 +89,7 @@ def test_latent_directions_follow_the_number_of_types(n_groups):
 def test_types_that_differ_in_depth_alone_are_told_apart():
     """Half of one type's cells at three times the depth, labelled as a type of their own
     (as bladder's label 9 is label 4 at twice the depth, docs/embedding.md). With the library
-    size generated from z (the default without a batch key) the embedding separates them;
+    size generated from z (the default without batches or covariates) the embedding separates them;
     without it, z holds composition alone and mixes them. Measured when written: balanced
     accuracy on the two 0.73 / 0.80 against 0.61 / 0.59 (seeds 0 / 1)."""
     import anndata as ad

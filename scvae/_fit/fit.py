@@ -153,8 +153,9 @@ def fit(
         Let z generate each cell's (log) library size too, and the encoder read it: depth
         that differs between cell types (a type with twice the RNA) is then in the
         embedding, as far as it pays for its KL; the counts' likelihood still takes the
-        library size as observed. Default: on without ``batch_key``, off with one (where
-        depth differs between batches for technical reasons; not yet measured there).
+        library size as observed. Default: on without ``batch_key`` and covariates, off
+        with them (the latent space should let them go, and depth that follows a batch or
+        a covariate would come back into it through the library size).
         Off, the embedding holds each cell's composition and none of its depth
         (docs/embedding.md).
     beta
@@ -218,7 +219,7 @@ def fit(
     >>> adata = scvae.datasets.simulate(n_cells=500, n_genes=100)
     >>> model = scvae.fit(adata, batch_key="batch", max_epochs=5, progress=False)
     >>> adata.obsm["X_scvae"].shape
-    (500, 10)
+    (500, 50)
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")  # doctest: +SKIP
 
     A disk-backed AnnData (``anndata.read_h5ad(path, backed="r")``) is streamed from its file

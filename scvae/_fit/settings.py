@@ -272,7 +272,7 @@ class FitSettings:
                 else self.prior_components
             ),
             library_from_latent=(
-                self.batch_key is None
+                self.default_library_from_latent()
                 if self.library_from_latent is None
                 else bool(self.library_from_latent)
             ),
@@ -336,6 +336,22 @@ class FitSettings:
         (30, 50)
         """
         return DEFAULT_N_LATENT if self.batch_key is None else DEFAULT_N_LATENT_WITH_BATCHES
+
+    def default_library_from_latent(self) -> bool:
+        """``library_from_latent`` when it is not given: on for a fit without a ``batch_key``
+        and without covariates. Where batches or covariates are given, the latent space
+        should let them go; depth that follows them (a batch sequenced deeper, a covariate
+        that raises many genes) would come back into it through the library size.
+
+        Examples
+        --------
+        >>> FitSettings().default_library_from_latent()
+        True
+        >>> FitSettings(continuous_covariate_keys=["age"]).default_library_from_latent()
+        False
+        """
+        covariates = self.categorical_covariate_keys or self.continuous_covariate_keys
+        return self.batch_key is None and not covariates
 
     def aligns_batches(self) -> bool:
         """Whether the objective has the batch-alignment term (after :meth:`resolved`)."""

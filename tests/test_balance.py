@@ -27,8 +27,19 @@ def test_weights_are_capped():
     assert weights.mean() == pytest.approx(1, rel=1e-5)
 
 
-def test_a_downsampled_cell_stays_near_its_original(fitted):
-    model, adata = fitted
+@pytest.fixture(scope="module")
+def fitted_without_batches():
+    """Without batches the model also generates the library size from z
+    (``library_from_latent``): depth is partly in the latent space."""
+    adata = scvae.datasets.simulate(600, 200, n_groups=4, n_batches=1, seed=1)
+    model = quick_fit(adata, labels_key="cell_type", max_epochs=None)
+    assert model.module.library_from_latent
+    return model, adata
+
+
+@pytest.mark.parametrize("fit", ["fitted", "fitted_without_batches"])
+def test_a_downsampled_cell_stays_near_its_original(fit, request):
+    model, adata = request.getfixturevalue(fit)
     rng = np.random.default_rng(0)
     shallow = adata.copy()
     counts = shallow.X.copy()

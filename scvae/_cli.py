@@ -54,6 +54,12 @@ def add_commands(commands) -> None:
         default=None,
         help="components of the mixture prior of z (0: standard normal; default: scvae.fit's)",
     )
+    fit.add_argument(
+        "--library-from-latent",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="generate library sizes from z (default: scvae.fit's, on without --batch-key)",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", help="auto, cpu or cuda (one process)")
     fit.add_argument("--embedding", type=Path, default=None, help="also write the embedding")
@@ -123,6 +129,7 @@ def _fit(args: argparse.Namespace, distributed: bool) -> None:
         lr=args.lr,
         n_latent=args.n_latent,
         prior_components=args.prior_components,
+        library_from_latent=args.library_from_latent,
         seed=args.seed,
         device=device,
         progress=not args.no_progress,

@@ -125,3 +125,10 @@ def test_ctrl_c_during_fit_exits_non_zero_and_writes_nothing(
         assert main(args) == 130
     assert "interrupted during epoch 0: nothing was written" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "z.npy").exists()
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--no-library-from-latent"], False)])
+def test_library_from_latent_flag_reaches_the_saved_model(small_file, tmp_path, flag, expected):
+    out = tmp_path / "m"
+    assert main(_fit_args(small_file, out, *flag)) == 0
+    assert scvae.load(out).module.library_from_latent is expected

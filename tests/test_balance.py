@@ -32,7 +32,7 @@ def fitted_without_batches():
     """Without batches the model also generates the library size from z
     (``library_from_latent``): depth is partly in the latent space."""
     adata = scvae.datasets.simulate(600, 200, n_groups=4, n_batches=1, seed=1)
-    model = quick_fit(adata, labels_key="cell_type", max_epochs=None)
+    model = quick_fit(adata, labels_key="cell_type")
     assert model.module.library_from_latent
     return model, adata
 

@@ -432,6 +432,13 @@ for _row, _option, _message in [
 case("F71")(
     _bad_option({"prior_components": 2.5}, "prior_components must be an integer", TypeError)
 )
+case("F72")(
+    _bad_option(
+        {"library_from_latent": "yes"},
+        "library_from_latent must be True or False, got str 'yes'",
+        TypeError,
+    )
+)
 
 
 @case("F49")
@@ -1617,6 +1624,21 @@ def _(env):
     model = fit(env.adata())
     a = query_of(env)
     expect_error(a, ValueError, r"fitted without batch_key", fit, a, reference=model)
+
+
+@case("Q13")
+def _(env):
+    a = env.adata()
+    model = fit(a, batch_key="batch", library_from_latent=True, max_epochs=1, progress=False)
+    query = query_of(env)
+    expect_error(
+        query,
+        ValueError,
+        r"library_from_latent=True\), which a query mapping",
+        fit,
+        query,
+        reference=model,
+    )
 
 
 @case("Q07")

@@ -61,7 +61,15 @@ def importance_log_likelihood(
     return estimate
 
 
-def _log_library_evidence(module, prior, library, batch_index, observed, covariates, n_samples):
+def _log_library_evidence(
+    module: SCVAEModule,
+    prior: dist.Distribution,
+    library: torch.Tensor,
+    batch_index: torch.Tensor,
+    observed: torch.Tensor | None,
+    covariates: torch.Tensor | None,
+    n_samples: int,
+) -> torch.Tensor:
     """``log p(l)`` per cell, ``log mean_s p(l | z_s)`` with ``z_s`` drawn from the prior."""
     log_library = torch.log(library.clamp(min=1.0))
     draws = LIBRARY_PRIOR_DRAWS if observed is None else n_samples

@@ -220,3 +220,29 @@ def test_fit_options_are_checked_before_the_data_is_read(option, message):
     not_counts.X = not_counts.X * 0.5  # would fail the counts check, if it came first
     with pytest.raises((TypeError, ValueError), match=message):
         scvae.fit(not_counts, progress=False, **option)
+
+
+def test_likelihood_of_a_model_that_generates_the_library_is_given_the_library():
+    """With ``library_from_latent`` the ELBO bounds the joint log p(x, l), and
+    ``log_likelihood`` reports log p(x | l) = log p(x, l) - log p(l), the quantity every
+    other model reports: adding back log p(l) must land above the ELBO, as for the others."""
+    import torch
+
+    from scvae._vae.likelihood import _log_library_evidence
+
+    adata = scvae.datasets.simulate(400, 60, n_batches=1, seed=3)
+    model = quick_fit(adata, max_epochs=40)
+    assert model.module.library_from_latent
+    cells = adata[:100]
+    log_px_given_l = model.log_likelihood(cells, n_samples=50)
+    library = torch.as_tensor(np.asarray(cells.X.sum(axis=1)).ravel(), dtype=torch.float32)
+    module = model.module.eval()
+    with torch.no_grad():
+        prior = module.prior(100, library.unsqueeze(-1))
+        log_pl = _log_library_evidence(
+            module, prior, library, torch.zeros(100, dtype=torch.long), None, None, 50
+        ).numpy()
+    assert -5 < log_pl.mean() < 2  # a density of one log library size
+    joint = log_px_given_l + log_pl
+    elbo = model.elbo(cells)
+    assert elbo < joint.mean() < elbo + 50

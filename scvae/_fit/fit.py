@@ -20,6 +20,7 @@ from .._train.checkpoint import Checkpointing, fit_identity
 from .._train.loop import NonFiniteLossError, train
 from .._utils import distributed as ddp
 from .._utils.device import seeded
+from .._vae.library import library_standardisation
 from .._vae.module import SCVAEModule
 from ..metrics import leiden_clusters
 from .query import query_epochs, query_module, query_settings, read_query, with_reference_labels
@@ -150,14 +151,10 @@ def fit(
         (docs/embedding.md). Data with one continuous trajectory and no types may be split
         into artificial clusters; use 0 there.
     library_from_latent
-        Let z generate each cell's (log) library size too, and the encoder read it: depth
-        that differs between cell types (a type with twice the RNA) is then in the
-        embedding, as far as it pays for its KL; the counts' likelihood still takes the
-        library size as observed. Default: on without ``batch_key`` and covariates, off
-        with them (the latent space should let them go, and depth that follows a batch or
-        a covariate would come back into it through the library size).
-        Off, the embedding holds each cell's composition and none of its depth
-        (docs/embedding.md).
+        Let z generate each cell's log library size too (the encoder reads it): depth that
+        differs between cell types is then in the embedding, as far as it pays for its KL.
+        Default: on without ``batch_key`` and covariates, off with them (depth that follows
+        them would come back into z). Off, z holds composition only (docs/embedding.md).
     beta
         Weight of the KL term (beta-VAE); 1 is the ELBO.
     kl_warmup
@@ -407,19 +404,3 @@ def _model(
         history=history,
         reference=reference,
     )
-
-
-def library_standardisation(library: np.ndarray) -> dict[str, float]:
-    """Mean and standard deviation of the cells' log library sizes (``library_center``,
-    ``library_spread`` of the module; the spread at least 0.05).
-
-    Examples
-    --------
-    >>> {k: round(v, 3) for k, v in library_standardisation(np.array([100.0, 1000.0])).items()}
-    {'library_center': 5.756, 'library_spread': 1.151}
-    """
-    log_library = np.log(np.maximum(np.asarray(library, dtype=np.float64), 1.0))
-    return {
-        "library_center": float(log_library.mean()),
-        "library_spread": float(max(log_library.std(), 0.05)),
-    }

@@ -319,10 +319,7 @@ def differential_expression(
         cell with a value ("the rest"). Cells with no value (NaN) are in neither group.
         Each group needs at least 10 cells.
     delta
-        Smallest absolute log2 fold change that counts as a difference (0.25: 19 %).
-        ``0`` asks for any change at all: ``proba_de`` is then the posterior weight off the
-        shared prior's "no change" point mass, which the data can tell from tiny effects
-        only as far as their precision goes (docs/differential_expression.md).
+        Smallest absolute log2 fold change that counts as a difference (0.25: 19 %; 0: any).
     fdr
         Expected false discovery rate of the genes flagged ``is_de``.
     batch_correction

@@ -7,6 +7,7 @@ import math
 import pyro.distributions as dist
 import torch
 
+from .library import log_library
 from .module import SCVAEModule
 from .objective import CountRows
 
@@ -41,7 +42,7 @@ def importance_log_likelihood(
     loc, scale = module.encode(x, library, batch_index, observed, covariates=covariates)
     q = dist.Normal(loc, scale).to_event(1)
     prior = module.prior(x.shape[0], loc)
-    log_library = torch.log(library.clamp(min=1.0))
+    log_l = log_library(library)
     log_w = []
     for _ in range(n_samples):
         z = q.sample()
@@ -51,7 +52,7 @@ def importance_log_likelihood(
             given_z = module.library_distribution(
                 z, batch_index, covariates, counts.log_observed_share
             )
-            log_px = log_px + given_z.log_prob(log_library)
+            log_px = log_px + given_z.log_prob(log_l)
         log_w.append(log_px + prior.log_prob(z) - q.log_prob(z))
     estimate = torch.logsumexp(torch.stack(log_w), dim=0) - math.log(n_samples)
     if module.library_head is not None:
@@ -71,7 +72,7 @@ def _log_library_evidence(
     n_samples: int,
 ) -> torch.Tensor:
     """``log p(l)`` per cell, ``log mean_s p(l | z_s)`` with ``z_s`` drawn from the prior."""
-    log_library = torch.log(library.clamp(min=1.0))
+    log_l = log_library(library)
     draws = LIBRARY_PRIOR_DRAWS if observed is None else n_samples
     log_p = []
     for _ in range(draws):
@@ -81,5 +82,5 @@ def _log_library_evidence(
             counts = module.decode(z, library, batch_index, observed, covariates=covariates)
             share = counts.log_observed_share
         given_z = module.library_distribution(z, batch_index, covariates, share)
-        log_p.append(given_z.log_prob(log_library))
+        log_p.append(given_z.log_prob(log_l))
     return torch.logsumexp(torch.stack(log_p), dim=0) - math.log(draws)

@@ -6,11 +6,7 @@ Generative story for one cell with observed library size ``l`` and batch ``b``::
     rho = softmax(decoder(z, b))                      # each gene's share of expression
     x_g ~ NB(mean = l * rho_g, inverse dispersion = theta_g[b])   # or ZINB / Poisson
 
-With ``library_from_latent`` the model also generates each cell's log library size from z
-(and the batch and covariates), ``log l ~ Normal(w'[z, b, c] + a, s)``, and the encoder reads
-the standardised log library beside the counts: depth that differs between cell states is
-then held in z, as far as it pays for its KL (``docs/embedding.md``). The counts' likelihood
-still takes ``l`` as observed.
+With ``library_from_latent`` the model also generates ``log l`` from z (``scvae._vae.library``).
 
 The guide is ``q(z | x, b) = Normal(encoder(x, b))``. Other covariates ``c`` (one-hot categorical
 and standardised continuous columns) enter beside ``b`` wherever it does: ``decoder(z, b, c)``,
@@ -47,6 +43,7 @@ from torch import nn
 from .alignment import alignment_mmd
 from .distributions import CountDistribution
 from .inputs import covariate_inputs, encoder_input
+from .library import LibraryHead, log_library
 from .networks import (
     MLP,
     hidden_and_logits,
@@ -121,11 +118,9 @@ class SCVAEModule(nn.Module):
         missing: embedding reads absent genes as missing values (needs ``query_encoder``).
     prior_components
         Components of the learned mixture prior of z (0: the standard normal).
-    library_from_latent
-        Generate each cell's log library size from z (see the module's description).
-    library_center, library_spread
-        Mean and standard deviation of the training cells' log library sizes: the encoder's
-        standardisation of it, and where the library head starts.
+    library_from_latent, library_center, library_spread
+        Generate each cell's log library size from z; the mean and standard deviation of
+        the training cells' log library sizes (``scvae._vae.library.LibraryHead``).
     """
 
     def __init__(
@@ -214,9 +209,6 @@ class SCVAEModule(nn.Module):
             self.prior_logits, self.prior_locs, self.prior_raw_scales = mixture
 
         self.library_from_latent = bool(library_from_latent)
-        if not (math.isfinite(library_spread) and library_spread > 0):
-            raise ValueError(f"library_spread must be positive, got {library_spread!r}")
-        self.library_center, self.library_spread = float(library_center), float(library_spread)
         n_in = n_genes * (2 if encode_mask else 1) + (1 if self.library_from_latent else 0)
         width = self.n_batches + self.n_covariates
         self.encoder = MLP(n_in, width, n_hidden, n_layers, dropout)
@@ -232,10 +224,7 @@ class SCVAEModule(nn.Module):
             self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
         self.library_head = None
         if self.library_from_latent:
-            #: ``p(log l | z, b, c)``: a linear map and one spread, started at the data's.
-            self.library_head = nn.Linear(n_latent + width, 1)
-            nn.init.constant_(self.library_head.bias, self.library_center)
-            self.library_log_sd = nn.Parameter(torch.tensor(math.log(self.library_spread)))
+            self.library_head = LibraryHead(n_latent + width, library_center, library_spread)
         self.n_labels = int(n_labels)
         self.classification_weight = float(classification_weight)
         self.classifier = nn.Linear(n_latent, n_labels) if n_labels > 0 else None
@@ -298,10 +287,8 @@ class SCVAEModule(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of ``q(z | x)`` (the input: ``scvae._vae.inputs.encoder_input``)."""
         h = encoder_input(x, library, self.library_scale, observed, nonzeros, self.encode_mask)
-        if self.library_from_latent:
-            log_library = torch.log(library.clamp(min=1.0))
-            standard = (log_library - self.library_center) / self.library_spread
-            h = torch.cat([h, standard.unsqueeze(-1)], dim=-1)
+        if self.library_head is not None:
+            h = torch.cat([h, self.library_head.encoder_column(library)], dim=-1)
         inputs = self._covariates(batch_index, covariates)
         query = self.query_encoder
         return route_cells(
@@ -344,20 +331,20 @@ class SCVAEModule(nn.Module):
         zi_logits = None if self.zi_logits is None else self.zi_logits(h)
         if inputs[1] is not None:  # zero for the reference's cells: their logits are unchanged
             logits = logits + inputs[1] @ self.query_gene_offsets
-        log_library = torch.log(library.clamp(min=1.0))
+        log_l = log_library(library)
         if observed is None:
             return CountDistribution(
                 None,
                 log_theta,
                 zi_logits,
                 logits=logits,
-                log_library=log_library,
+                log_library=log_l,
                 include_constant=include_constant,
             )
         # Renormalise the shares over the observed genes of each cell.
         log_share = torch.log_softmax(logits, dim=-1)
         observed_share = torch.logsumexp(log_share.masked_fill(~observed, float("-inf")), dim=-1)
-        log_mu = log_share - observed_share.unsqueeze(-1) + log_library.unsqueeze(-1)
+        log_mu = log_share - observed_share.unsqueeze(-1) + log_l.unsqueeze(-1)
         counts = CountDistribution(log_mu, log_theta, zi_logits, include_constant=include_constant)
         counts.log_observed_share = observed_share
         return counts
@@ -369,19 +356,11 @@ class SCVAEModule(nn.Module):
         covariates: torch.Tensor | None = None,
         log_observed_share: torch.Tensor | None = None,
     ) -> dist.Normal:
-        """``p(log l | z, b, c)`` of a ``library_from_latent`` module, ``(cells,)``.
-
-        ``log_observed_share``: the log of the decoder's expression share on each cell's
-        observed genes (``CountDistribution.log_observed_share``); the observed library of a
-        cell with missing entries is that share of its whole library."""
+        """``p(log l | z, b, c)`` of a ``library_from_latent`` module, ``(cells,)``."""
         if self.library_head is None:
             raise ValueError("this model does not generate the library size (library_from_latent)")
         inputs = self._covariates(batch_index, covariates)[0]
-        h = z if inputs is None else torch.cat([z, inputs.to(z.dtype)], dim=-1)
-        mean = self.library_head(h).squeeze(-1)
-        if log_observed_share is not None:
-            mean = mean + log_observed_share
-        return dist.Normal(mean, self.library_log_sd.exp())
+        return self.library_head(z, inputs, log_observed_share)
 
     # -- Pyro model and guide -----------------------------------------------------------------
     def model(
@@ -420,7 +399,7 @@ class SCVAEModule(nn.Module):
                 library_given_z = self.library_distribution(
                     z, batch_index, covariates, counts.log_observed_share
                 )
-                pyro.sample("log_library", library_given_z, obs=torch.log(library.clamp(min=1.0)))
+                pyro.sample("log_library", library_given_z, obs=log_library(library))
             if self.classifier is not None and labels is not None:
                 known = labels >= 0
                 code = labels.clamp(min=0)

@@ -18,6 +18,7 @@ from torch.distributions import constraints
 
 __all__ = [
     "CountDistribution",
+    "counts_from_logits",
     "nb_log_prob",
     "poisson_log_prob",
     "zinb_log_prob",
@@ -292,3 +293,43 @@ class CountDistribution(TorchDistribution):
             )
             counts = counts.masked_fill(dropped, 0.0)
         return counts
+
+
+def counts_from_logits(
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
+    log_theta: torch.Tensor | None,
+    zi_logits: torch.Tensor | None,
+    observed: torch.Tensor | None = None,
+    *,
+    include_constant: bool = True,
+) -> CountDistribution:
+    """The counts of cells whose decoder gave gene ``logits`` ``(cells, genes)`` and whose log
+    library size is ``log_library`` ``(cells,)``.
+
+    With ``observed`` (``(cells, genes)``, False where missing), the expression shares are
+    renormalised over each cell's observed genes, since the observed library is a sum over
+    those alone; the log of the share they held is kept as ``log_observed_share``.
+
+    Examples
+    --------
+    >>> logits, log_l = torch.zeros(1, 4), torch.log(torch.tensor([8.0]))
+    >>> observed = torch.tensor([[True, True, False, False]])
+    >>> counts_from_logits(logits, log_l, None, None, observed).log_mu.exp().tolist()
+    [[4.0, 4.0, 4.0, 4.0]]
+    """
+    if observed is None:
+        return CountDistribution(
+            None,
+            log_theta,
+            zi_logits,
+            logits=logits,
+            log_library=log_library,
+            include_constant=include_constant,
+        )
+    log_share = torch.log_softmax(logits, dim=-1)
+    observed_share = torch.logsumexp(log_share.masked_fill(~observed, float("-inf")), dim=-1)
+    log_mu = log_share - observed_share.unsqueeze(-1) + log_library.unsqueeze(-1)
+    counts = CountDistribution(log_mu, log_theta, zi_logits, include_constant=include_constant)
+    counts.log_observed_share = observed_share
+    return counts

@@ -41,19 +41,13 @@ from pyro import poutine
 from torch import nn
 
 from .alignment import alignment_mmd
-from .distributions import CountDistribution
+from .distributions import CountDistribution, counts_from_logits
 from .inputs import covariate_inputs, encoder_input
 from .library import LibraryHead, log_library
-from .networks import (
-    MLP,
-    hidden_and_logits,
-    latent_posterior,
-    query_decoder_copy,
-    query_encoder_copy,
-    route_cells,
-)
+from .networks import MLP, hidden_and_logits, latent_posterior, route_cells
 from .objective import CountRows
 from .prior import latent_prior, mixture_parameters
+from .surgery import add_query_parts
 
 __all__ = ["LIKELIHOODS", "SCVAEModule"]
 
@@ -233,32 +227,12 @@ class SCVAEModule(nn.Module):
         if weights.shape != (self.n_labels,):
             raise ValueError(f"class_weights needs {n_labels} entries, got {len(weights)}")
         self.register_buffer("class_weights", weights.to(torch.get_default_dtype()))
-        self.query_log_theta = None
-        self.query_encoder = None
-        self.query_decoder = None
         self.query_panel = bool(query_panel)
-
-        if (query_encoder or query_decoder) and not self.n_query_batches:
-            raise ValueError("query_encoder and query_decoder need n_query_batches > 0")
         if query_panel and not query_encoder:
             raise ValueError("query_panel needs query_encoder")
-        if query_decoder:
-            self.query_decoder = query_decoder_copy(
-                n_latent, width, n_hidden, n_genes, n_layers, self.n_query_batches
-            )
-        if query_encoder:
-            self.query_encoder = query_encoder_copy(
-                n_in, width, n_hidden, n_latent, n_layers, dropout, self.n_query_batches
-            )
-        if self.n_query_batches:
-            #: Per new batch and gene, a log-scale offset of expression: the gene-specific
-            #: part of a batch effect, which the hidden layers' new inputs alone express poorly.
-            self.query_gene_offsets = nn.Parameter(torch.zeros(self.n_query_batches, n_genes))
-            self.encoder.add_query_batches(self.n_query_batches)
-            self.decoder.add_query_batches(self.n_query_batches)
-            if self.log_theta is not None and self.log_theta.shape[0] > 1:
-                # Started at the reference's mean dispersion by the query mapping.
-                self.query_log_theta = nn.Parameter(torch.zeros(self.n_query_batches, n_genes))
+        add_query_parts(
+            self, n_in, n_hidden, n_layers, dropout, encoder=query_encoder, decoder=query_decoder
+        )
 
     def prior(self, n_cells: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) for ``n_cells`` cells (event shape ``(n_latent,)``): the standard normal, or
@@ -321,33 +295,24 @@ class SCVAEModule(nn.Module):
             if query is None
             else lambda: hidden_and_logits(query["mlp"], query["logits"], z, inputs),
         )
-        log_theta = None
-        if self.log_theta is not None:
-            log_theta = self.log_theta[0]
-            if self.query_log_theta is not None:
-                log_theta = torch.cat([self.log_theta, self.query_log_theta])[batch_index]
-            elif self.log_theta.shape[0] > 1:
-                log_theta = self.log_theta[batch_index]
         zi_logits = None if self.zi_logits is None else self.zi_logits(h)
         if inputs[1] is not None:  # zero for the reference's cells: their logits are unchanged
             logits = logits + inputs[1] @ self.query_gene_offsets
+        log_theta = self._log_theta(batch_index)
         log_l = log_library(library)
-        if observed is None:
-            return CountDistribution(
-                None,
-                log_theta,
-                zi_logits,
-                logits=logits,
-                log_library=log_l,
-                include_constant=include_constant,
-            )
-        # Renormalise the shares over the observed genes of each cell.
-        log_share = torch.log_softmax(logits, dim=-1)
-        observed_share = torch.logsumexp(log_share.masked_fill(~observed, float("-inf")), dim=-1)
-        log_mu = log_share - observed_share.unsqueeze(-1) + log_l.unsqueeze(-1)
-        counts = CountDistribution(log_mu, log_theta, zi_logits, include_constant=include_constant)
-        counts.log_observed_share = observed_share
-        return counts
+        return counts_from_logits(
+            logits, log_l, log_theta, zi_logits, observed, include_constant=include_constant
+        )
+
+    def _log_theta(self, batch_index: torch.Tensor) -> torch.Tensor | None:
+        """Log inverse dispersions: per gene, or per cell's batch and gene."""
+        if self.log_theta is None:
+            return None
+        if self.query_log_theta is not None:
+            return torch.cat([self.log_theta, self.query_log_theta])[batch_index]
+        if self.log_theta.shape[0] > 1:
+            return self.log_theta[batch_index]
+        return self.log_theta[0]
 
     def library_distribution(
         self,

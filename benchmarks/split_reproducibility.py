@@ -54,6 +54,30 @@ def predictability(features: np.ndarray, target: np.ndarray) -> float:
     )
 
 
+def split_sides(
+    clusters: np.ndarray, labels: np.ndarray
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(label, cells in its largest cluster, cells in its second)`` for each type the
+    clustering splits."""
+    out = []
+    for label in sorted(set(labels)):
+        cells = np.flatnonzero(labels == label)
+        sizes = pd.Series(clusters[cells]).value_counts()
+        if len(sizes) < 2 or sizes.iloc[1] < max(MIN_CELLS, MIN_SHARE * len(cells)):
+            continue
+        first = cells[clusters[cells] == sizes.index[0]]
+        second = cells[clusters[cells] == sizes.index[1]]
+        out.append((label, first, second))
+    return out
+
+
+def best_clusters(name: str, embedding: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """The Leiden clustering of ``embedding`` that best matches ``labels`` (its ARI logged)."""
+    best = metrics.best_leiden_scores(embedding, labels, seed=seed)
+    print(f"{name}: Leiden ARI {best['ari']:.3f} at resolution {best['resolution']}")
+    return metrics.leiden_clusters(embedding, resolution=best["resolution"], seed=seed)
+
+
 def splits(
     clusters: np.ndarray, labels: np.ndarray, held_out: np.ndarray, depth: np.ndarray, seed: int
 ) -> list[dict]:
@@ -61,19 +85,14 @@ def splits(
     the held-out genes, a random split and the depth predict them."""
     rng = np.random.default_rng(seed)
     rows = []
-    for label in sorted(set(labels)):
-        cells = np.flatnonzero(labels == label)
-        sizes = pd.Series(clusters[cells]).value_counts()
-        if len(sizes) < 2 or sizes.iloc[1] < max(MIN_CELLS, MIN_SHARE * len(cells)):
-            continue
-        keep = np.isin(clusters[cells], sizes.index[:2])
-        cells = cells[keep]
-        target = (clusters[cells] == sizes.index[0]).astype(int)
+    for label, first, second in split_sides(clusters, labels):
+        cells = np.concatenate([first, second])
+        target = np.r_[np.ones(first.size, int), np.zeros(second.size, int)]
         rows.append(
             {
                 "label": label,
-                "cells": int(keep.size),
-                "split": f"{sizes.iloc[0]} / {sizes.iloc[1]}",
+                "cells": int((labels == label).sum()),
+                "split": f"{first.size} / {second.size}",
                 "held-out genes": predictability(held_out[cells], target),
                 "random split": predictability(held_out[cells], rng.permutation(target)),
                 "depth alone": predictability(depth[cells, None], target),
@@ -119,11 +138,7 @@ def main() -> None:
     depth = np.log1p(np.asarray(adata.X.sum(axis=1)).ravel())
     rows = []
     for name, embedding in [("scvae", model.embed(seen)), ("PCA", pca)]:
-        best = metrics.best_leiden_scores(embedding, labels, seed=args.seed)
-        clusters = metrics.leiden_clusters(
-            embedding, resolution=best["resolution"], seed=args.seed
-        )
-        print(f"{name}: Leiden ARI {best['ari']:.3f} at resolution {best['resolution']}")
+        clusters = best_clusters(name, embedding, labels, args.seed)
         rows += [
             {"embedding": name, **row}
             for row in splits(clusters, labels, held_out, depth, args.seed)

@@ -227,11 +227,8 @@ class SCVAEModule(nn.Module):
         if weights.shape != (self.n_labels,):
             raise ValueError(f"class_weights needs {n_labels} entries, got {len(weights)}")
         self.register_buffer("class_weights", weights.to(torch.get_default_dtype()))
-        self.query_panel = bool(query_panel)
-        if query_panel and not query_encoder:
-            raise ValueError("query_panel needs query_encoder")
         add_query_parts(
-            self, n_in, n_hidden, n_layers, dropout, encoder=query_encoder, decoder=query_decoder
+            self, n_in, n_hidden, n_layers, dropout, query_encoder, query_decoder, query_panel
         )
 
     def prior(self, n_cells: int, like: torch.Tensor) -> dist.Distribution:
@@ -298,8 +295,7 @@ class SCVAEModule(nn.Module):
         zi_logits = None if self.zi_logits is None else self.zi_logits(h)
         if inputs[1] is not None:  # zero for the reference's cells: their logits are unchanged
             logits = logits + inputs[1] @ self.query_gene_offsets
-        log_theta = self._log_theta(batch_index)
-        log_l = log_library(library)
+        log_l, log_theta = log_library(library), self._log_theta(batch_index)
         return counts_from_logits(
             logits, log_l, log_theta, zi_logits, observed, include_constant=include_constant
         )

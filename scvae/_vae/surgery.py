@@ -29,19 +29,23 @@ def add_query_parts(
     n_hidden: int,
     n_layers: int,
     dropout: float,
-    *,
     encoder: bool,
     decoder: bool,
+    panel: bool,
 ) -> None:
     """Give ``module`` the parameters of its ``n_query_batches`` query batches (none if it has
     none): input weights in every layer, per-gene offsets, per-batch inverse dispersions
     where the reference has them, and with ``encoder`` / ``decoder`` networks of their own
-    (``n_in``: the encoder's input width; the other sizes as the reference's)."""
+    (``n_in``: the encoder's input width; the other sizes as the reference's). ``panel``:
+    the query's encoder reads absent genes as missing (``SCVAEModule``'s ``query_panel``)."""
     module.query_log_theta = module.query_encoder = module.query_decoder = None
     module.query_gene_offsets = None
+    module.query_panel = bool(panel)
     n_query = module.n_query_batches
     if (encoder or decoder) and not n_query:
         raise ValueError("query_encoder and query_decoder need n_query_batches > 0")
+    if panel and not encoder:
+        raise ValueError("query_panel needs query_encoder")
     if not n_query:
         return
     width = module.n_batches + module.n_covariates

@@ -58,8 +58,8 @@ def add_query_parts(
         module.query_encoder = query_encoder_copy(
             n_in, width, n_hidden, n_latent, n_layers, dropout, n_query
         )
-    #: Per new batch and gene, a log-scale offset of expression: the gene-specific part of a
-    #: batch effect, which the hidden layers' new inputs alone express poorly.
+    # Per new batch and gene, a log-scale offset of expression: the gene-specific part of a
+    # batch effect, which the hidden layers' new inputs alone express poorly.
     module.query_gene_offsets = nn.Parameter(torch.zeros(n_query, n_genes))
     module.encoder.add_query_batches(n_query)
     module.decoder.add_query_batches(n_query)

@@ -17,13 +17,17 @@ Needs the bench extra (scanpy, leidenalg).
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import markdown_table, prepare, restore_torch_threads
-from split_reproducibility import best_clusters, lognorm, predictability, split_sides
+from _common import markdown_table, restore_torch_threads
+from split_reproducibility import (
+    best_clusters,
+    dataset_and_seed,
+    lognorm,
+    predictability,
+    split_sides,
+)
 
 import scvae
 
@@ -90,12 +94,7 @@ def describe(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    parser.add_argument("seed", type=int)
-    args = parser.parse_args()
-    adata, train_idx, _ = prepare(args.dataset, seed=0)
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    args, adata, train_idx, labels = dataset_and_seed(__doc__.splitlines()[0])
     genes = adata.var_names.to_numpy()
     restore_torch_threads()
     model = scvae.fit(adata[train_idx].copy(), seed=args.seed, progress=False)

@@ -112,13 +112,21 @@ COLUMNS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def dataset_and_seed(
+    description: str,
+) -> tuple[argparse.Namespace, AnnData, np.ndarray, np.ndarray]:
+    """The command line's DATASET and SEED; the dataset's protocol split (training cells) and
+    its labels."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("dataset")
     parser.add_argument("seed", type=int)
     args = parser.parse_args()
     adata, train_idx, _ = prepare(args.dataset, seed=0)
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    return args, adata, train_idx, adata.obs["cell_type"].astype(str).to_numpy()
+
+
+def main() -> None:
+    args, adata, train_idx, labels = dataset_and_seed(__doc__.splitlines()[0])
     rng = np.random.default_rng(args.seed)
     half = np.zeros(adata.n_vars, dtype=bool)
     half[rng.choice(adata.n_vars, adata.n_vars // 2, replace=False)] = True

@@ -25,7 +25,7 @@ from .._vae.module import SCVAEModule
 from ..metrics import leiden_clusters
 from .query import query_epochs, query_module, query_settings, read_query, with_reference_labels
 from .results import check_result_keys, report_all_zero_genes, write_results
-from .settings import FitSettings
+from .settings import FitSettings, check_against_data
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def fit_counts(
     query mapping does (:mod:`scvae._fit.query`).
     """
     given = FitSettings() if settings is None else settings
-    _check_against_data(data, given)
+    check_against_data(data, given)
     head_labels = data.labels
     if given.balance == "auto":
         head_labels = _cluster_labels(data, given, validation_indices)
@@ -348,21 +348,6 @@ def fit_counts(
             module, data, labels_key=settings.labels_key, device=device, seed=settings.seed
         )
     return _model(module, data, settings, history, reference)
-
-
-def _check_against_data(data: CountData, settings: FitSettings) -> None:
-    """What the settings need from the data: cells, labels, several batches."""
-    if data.n_cells < 2:
-        raise ValueError(f"adata has {data.n_cells} cell(s); fitting needs at least 2 cells")
-    if settings.balance == "labels" and data.labels is None:
-        raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
-    if settings.balance == "batch" and len(data.batch_categories) <= 1:
-        raise ValueError("balance='batch' needs batch_key with at least two batches")
-    if settings.balance is not None and data.backed:
-        raise NotImplementedError(
-            "balance= is not supported for disk-backed data yet; load the cells "
-            "with adata.to_memory() to balance them"
-        )
 
 
 def _cluster_labels(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,17 @@ from .._utils.device import resolve_device
 from .._utils.options import check_key, check_seed
 from .._vae.module import DISPERSIONS, LIKELIHOODS
 
-__all__ = ["BALANCE", "DEFAULT_ALIGNMENT", "FitSettings", "default_lr", "default_max_epochs"]
+if TYPE_CHECKING:
+    from .._data.counts import CountData
+
+__all__ = [
+    "BALANCE",
+    "DEFAULT_ALIGNMENT",
+    "FitSettings",
+    "check_against_data",
+    "default_lr",
+    "default_max_epochs",
+]
 
 BALANCE = (None, "labels", "batch", "auto")
 #: Weight of the batch-alignment (MMD) term when ``batch_alignment`` is not given.
@@ -369,3 +379,18 @@ class FitSettings:
     def identity(self) -> dict[str, str]:
         """The options a checkpoint must share with the fit that resumes it."""
         return {k: str(v) for k, v in asdict(self).items() if k not in _FREE_FOR_RESUME}
+
+
+def check_against_data(data: CountData, settings: FitSettings) -> None:
+    """What the settings need from the data: cells, labels, several batches."""
+    if data.n_cells < 2:
+        raise ValueError(f"adata has {data.n_cells} cell(s); fitting needs at least 2 cells")
+    if settings.balance == "labels" and data.labels is None:
+        raise ValueError("balance='labels' needs labels_key (the obs column of cell types)")
+    if settings.balance == "batch" and len(data.batch_categories) <= 1:
+        raise ValueError("balance='batch' needs batch_key with at least two batches")
+    if settings.balance is not None and data.backed:
+        raise NotImplementedError(
+            "balance= is not supported for disk-backed data yet; load the cells "
+            "with adata.to_memory() to balance them"
+        )

@@ -1856,10 +1856,19 @@ def _(env):
     expect_error(
         a,
         ValueError,
-        r"n_samples must be a positive integer, got 0",
+        r"n_samples must be an integer >= 10, got 0",
         scvae.differential_expression,
         *args,
         n_samples=0,
+    )
+    # One draw has no spread: its genes' posteriors came out with zero width.
+    expect_error(
+        a,
+        ValueError,
+        r"n_samples must be an integer >= 10, got 1",
+        scvae.differential_expression,
+        *args,
+        n_samples=1,
     )
     expect_error(
         a,
@@ -1909,7 +1918,7 @@ def _(env):
     labels[:30] = np.nan
     a.obs["some"] = pd.Categorical(labels)
     before = fingerprint(a)
-    de = scvae.differential_expression(a, env.model, "some", "group_0", n_samples=5)
+    de = scvae.differential_expression(a, env.model, "some", "group_0", n_samples=10)
     assert not changed(before, fingerprint(a))
     assert list(de.columns[:4]) == ["lfc_mean", "lfc_median", "lfc_std", "proba_de"]
     # The rest is the labelled cells outside group_0: the unlabelled ones are not in it.
@@ -1954,6 +1963,58 @@ def _(env):
     view = a[:60]
     with pytest.raises(ValueError, match=r"adata is a view .*rank_genes_groups writes adata.uns"):
         scvae.rank_genes_groups(view, env.model, "cell_type")
+    assert "scvae_rank_genes_groups" not in a.uns
+
+
+@case("D14")
+def _(env):
+    a = env.adata()
+    a.obs["code"] = np.where(a.obs["cell_type"] == "group_0", 0, 1)
+    # The same cells asked for as the integer 1 and the string "1": compared as strings, as
+    # the cells are selected (it was let through and gave a table of zeros).
+    for group1, group2 in ((1, "1"), ([0, 1], ["1"])):
+        expect_error(
+            a,
+            ValueError,
+            r"share values of 'code': the groups must be different cells",
+            scvae.differential_expression,
+            a,
+            env.model,
+            "code",
+            group1,
+            group2,
+        )
+
+
+@case("D15")
+def _(env):
+    a = env.adata()
+    a.obs["one"] = pd.Categorical(["x"] * a.n_obs)
+    expect_error(
+        a,
+        ValueError,
+        r"'one' has a single value \(\['x'\]\): ranking needs at least two groups",
+        scvae.rank_genes_groups,
+        a,
+        env.model,
+        "one",
+    )
+    assert "scvae_rank_genes_groups" not in a.uns
+
+
+@case("D16")
+def _(env):
+    a = env.adata()
+    for options, message in (
+        ({"groups": []}, r"groups is empty: pass None \(every group\) or a list of groups"),
+        (
+            {"groups": ["group_0"], "reference": "group_0"},
+            r"no group to rank against reference 'group_0': groups holds only the reference",
+        ),
+    ):
+        expect_error(
+            a, ValueError, message, scvae.rank_genes_groups, a, env.model, "cell_type", **options
+        )
     assert "scvae_rank_genes_groups" not in a.uns
 
 

@@ -5,11 +5,13 @@ expression of two groups of cells, each cell's expression being the decoder's ex
 of its counts (library size 1) at its latent position, in its own batch, corrected by the
 group's observed over expected counts. With batch correction the means are taken within
 each batch both groups have cells in and then averaged over those batches (a stratified
-comparison: the groups are compared batch by batch). Its posterior combines the two
+comparison: the groups are compared batch by batch, each batch weighted by ``n1 n2 / (n1 +
+n2)`` for the groups' cells there). Its posterior combines the two
 uncertainties a comparison of groups has: where each cell lies (draws of z from the encoder,
 which reads missing entries as missing) and which cells the groups happened to contain (a
 Bayesian bootstrap over the cells: each draw weighs the cells with Dirichlet(1, ..., 1)
-weights, Rubin 1981). A draw of the group means gives one draw of the fold change;
+weights, Rubin 1981), and the counts' own noise (a Gamma draw in place of each group's
+count of a gene, Kerman 2011). A draw of the group means gives one draw of the fold change;
 ``proba_de`` is the share of draws with ``|lfc| > delta``, and genes are selected at a
 posterior expected false discovery rate (Newton et al. 2004): the largest set whose mean
 ``1 - proba_de`` is at most ``fdr``.
@@ -41,6 +43,7 @@ from .groups import (
     check_options,
     group_labels,
     group_rows,
+    group_seed,
     shared_batches,
 )
 from .shrinkage import ShrunkEffects, shrink
@@ -49,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: Rows x genes of one forward pass over several posterior draws (memory: 4 bytes each).
 DRAW_ROWS = 4_000_000
+#: Shape added to a group's counts of a gene for the Gamma draw of their rate (Kerman 2011).
+NEUTRAL_SHAPE = 1.0 / 3.0
 
 __all__ = ["GroupPosterior", "compare_groups", "differential_expression", "group_posterior"]
 
@@ -79,10 +84,27 @@ class GroupPosterior:
     frac_nonzero: np.ndarray
     n_cells: int
 
-    @property
-    def draws(self) -> np.ndarray:
-        """``(n_samples, genes)`` draws of the batch-corrected mean: the mean over batches."""
-        return self.batch_draws.mean(axis=1)
+    def draws(self, weights: np.ndarray) -> np.ndarray:
+        """``(n_samples, genes)`` draws of the batch-corrected mean: the batches' means
+        averaged with ``weights`` (one per compared batch, summing to 1)."""
+        return np.einsum("s,dsg->dg", weights, self.batch_draws)
+
+
+def batch_weights(cells1: np.ndarray, cells2: np.ndarray) -> np.ndarray:
+    """How much each compared batch counts in a comparison of two groups with ``cells1`` and
+    ``cells2`` cells in it: ``n1 n2 / (n1 + n2)``, normalised (as in the Mantel-Haenszel
+    estimate of a stratified effect). A batch where one group has a cell or two counts about
+    as much as that many cells, not as much as a batch where both groups are large.
+
+    Examples
+    --------
+    >>> batch_weights(np.array([64, 1]), np.array([500, 500])).round(3)
+    array([0.983, 0.017])
+    """
+    cells1, cells2 = np.asarray(cells1, float), np.asarray(cells2, float)
+    both = cells1 + cells2
+    weights = np.divide(cells1 * cells2, both, out=np.zeros_like(both), where=both > 0)
+    return weights / weights.sum()
 
 
 def group_posterior(
@@ -105,7 +127,8 @@ def group_posterior(
     """
     rows = np.asarray(rows)
     strata = _strata(data, rows, batch_codes)
-    drawn = _subset(strata, max_cells, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    drawn = _subset(strata, max_cells, rng)
     module = model.module.eval()
     shape = (n_samples, len(strata), data.n_genes)
     decoded, counts, expected = np.zeros(shape), np.zeros(shape), np.zeros(shape)
@@ -141,7 +164,11 @@ def group_posterior(
                 share = share.reshape(k_draws, n, genes)
                 fitted = share * b.library[:, None]
                 if b.observed is not None:
-                    fitted = fitted * b.observed
+                    # The observed library is a sum over the observed genes alone: their
+                    # shares are renormalised over them, as in training.
+                    observed = b.observed.to(share)
+                    held = (share * observed).sum(-1, keepdim=True).clamp_min(1e-12)
+                    fitted = fitted * observed / held
                 here = weights[part, None, :] * member[None]  # (draws, batches, cells)
                 decoded[part] += _weighted(here, share)
                 counts[part] += torch.einsum("dsc,cg->dsg", here, x).double().cpu().numpy()
@@ -152,7 +179,12 @@ def group_posterior(
     # a gene the counts correct it, and their noise enters the posterior. Each cell is
     # decoded in its own batch: decoded in another one, the condition a batch is rich in
     # would partly be removed with the batch (the decoder learns it from both).
-    ratio = np.divide(counts, expected, out=np.ones(shape), where=expected > 0)
+    # The counts' own noise: a group's counts of a gene in a batch, C, are read as a Poisson
+    # draw, and its rate relative to the expected one gets Gamma(C + 1/3) (the neutral prior of
+    # Kerman 2011, whose posterior median is about C). The bootstrap over cells alone gives a
+    # gene with no count in a small group an exact zero in every draw, a certain change.
+    noisy = rng.gamma(counts + NEUTRAL_SHAPE)
+    ratio = np.divide(noisy, expected, out=np.ones(shape), where=expected > 0)
     batch_draws = np.divide(decoded, totals, out=np.zeros(shape), where=totals > 0) * ratio
     return GroupPosterior(batch_draws, batch_cells, raw_mean, frac_nonzero, len(rows))
 
@@ -238,7 +270,8 @@ def lfc_posterior(
 ) -> tuple[ShrunkEffects, np.ndarray, np.ndarray]:
     """The shrunk posterior of each gene's log2 fold change of ``first`` over ``second``,
     and the two groups' posterior mean expression (counts per cell at ``depth``)."""
-    mean1, mean2 = first.draws * depth, second.draws * depth
+    weights = batch_weights(first.batch_cells, second.batch_cells)
+    mean1, mean2 = first.draws(weights) * depth, second.draws(weights) * depth
     lfc = np.log2(mean1 + pseudocount) - np.log2(mean2 + pseudocount)
     # The draws give each gene's estimate and its uncertainty; the prior shared by all genes
     # (most of which do not change) turns them into posterior probabilities.
@@ -330,7 +363,7 @@ def differential_expression(
     pseudocount
         Added to both means (expected counts per cell at the median depth) before the ratio.
     n_samples
-        Posterior draws.
+        Posterior draws (at least 10).
     max_cells
         At most this many cells per group (a random subset) enter the draws.
     layer
@@ -378,7 +411,7 @@ def differential_expression(
             )
     else:
         rows2 = group_rows(labels, group2, groupby, "group2")
-        if set(as_list(group1)) & set(as_list(group2)):
+        if {str(g) for g in as_list(group1)} & {str(g) for g in as_list(group2)}:
             raise ValueError(
                 f"group1 ({group1!r}) and group2 ({group2!r}) share values of {groupby!r}: "
                 "the groups must be different cells"
@@ -387,8 +420,12 @@ def differential_expression(
     codes = shared_batches(model, data, rows1, rows2, batch_correction)
     depth = float(np.median(data.library[np.concatenate([rows1, rows2])]))
     options = {"n_samples": n_samples, "max_cells": max_cells, "batch_size": batch_size}
-    first = group_posterior(model, data, rows1, batch_codes=codes, seed=seed, **options)
-    second = group_posterior(model, data, rows2, batch_codes=codes, seed=seed + 1, **options)
+    first = group_posterior(
+        model, data, rows1, batch_codes=codes, seed=group_seed(seed, rows1), **options
+    )
+    second = group_posterior(
+        model, data, rows2, batch_codes=codes, seed=group_seed(seed, rows2), **options
+    )
     return compare_groups(
         first,
         second,

@@ -6,6 +6,8 @@ Every check of :func:`~scvae.differential_expression`'s and
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -14,11 +16,21 @@ from .._data.counts import CountData
 from .._model.scvae import SCVAE
 from .._utils.options import check_flag, check_int, check_seed
 
-__all__ = ["MIN_CELLS", "as_list", "check_options", "group_labels", "group_rows", "shared_batches"]
+__all__ = [
+    "MIN_CELLS",
+    "MIN_SAMPLES",
+    "as_list",
+    "check_options",
+    "group_labels",
+    "group_rows",
+    "shared_batches",
+]
 
 #: Fewest cells a compared group may have: below this, the bootstrap over cells has too
 #: few cells to say anything about a population.
 MIN_CELLS = 10
+#: Fewest posterior draws: each gene's posterior is summarised by the draws' mean and spread.
+MIN_SAMPLES = 10
 
 
 def check_options(**options) -> None:
@@ -34,7 +46,8 @@ def check_options(**options) -> None:
     if pseudocount <= 0:
         raise ValueError(f"pseudocount must be positive, got {pseudocount!r}")
     check_flag("batch_correction", options["batch_correction"])
-    for name in ("n_samples", "max_cells", "batch_size"):
+    check_int("n_samples", options["n_samples"], minimum=MIN_SAMPLES)
+    for name in ("max_cells", "batch_size"):
         check_int(name, options[name])
     check_seed(options["seed"])
 
@@ -96,3 +109,17 @@ def shared_batches(
             "measured (the batch effect then counts as a difference)"
         )
     return [int(c) for c in shared]
+
+
+def group_seed(seed: int, rows: np.ndarray) -> int:
+    """The seed of one group's posterior draws: ``seed`` and the group's cells, so that a
+    group gets the same draws whichever side of a comparison it is on and whichever other
+    groups are ranked with it.
+
+    Examples
+    --------
+    >>> group_seed(0, np.array([3, 1, 2])) == group_seed(0, np.array([1, 2, 3]))
+    True
+    """
+    cells = np.sort(np.asarray(rows, dtype=np.int64))
+    return (int(seed) + zlib.crc32(cells.tobytes())) % 2**64

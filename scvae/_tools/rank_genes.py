@@ -18,7 +18,14 @@ from anndata import AnnData
 
 from .._model.scvae import SCVAE
 from .differential import GroupPosterior, expected_fdr, group_posterior, lfc_posterior
-from .groups import MIN_CELLS, as_list, check_options, group_labels, shared_batches
+from .groups import (
+    MIN_CELLS,
+    as_list,
+    check_options,
+    group_labels,
+    group_seed,
+    shared_batches,
+)
 from .outputs import check_writable
 
 logger = logging.getLogger(__name__)
@@ -103,6 +110,8 @@ def rank_genes_groups(
     labels = group_labels(adata, groupby)
     categories = _categories(adata, groupby, labels)
     groups = categories if groups is None else [str(g) for g in as_list(groups)]
+    if not groups:
+        raise ValueError("groups is empty: pass None (every group) or a list of groups")
     sizes = labels.value_counts()
     for group in [*groups, *([] if reference == "rest" else [str(reference)])]:
         if group not in sizes.index:
@@ -118,6 +127,15 @@ def rank_genes_groups(
         if sizes[reference] < MIN_CELLS:
             raise ValueError(f"reference {reference!r} has fewer than {MIN_CELLS} cells")
         groups = [g for g in groups if g != reference]
+        if not groups:
+            raise ValueError(
+                f"no group to rank against reference {reference!r}: groups holds only the "
+                "reference"
+            )
+    if len(sizes) < 2:
+        raise ValueError(
+            f"{groupby!r} has a single value ({categories}): ranking needs at least two groups"
+        )
     if n_genes is not None and (
         isinstance(n_genes, bool) or not isinstance(n_genes, int) or n_genes < 1
     ):
@@ -137,7 +155,7 @@ def rank_genes_groups(
                 batch_codes=codes,
                 n_samples=n_samples,
                 max_cells=max_cells,
-                seed=seed + len(cache),
+                seed=group_seed(seed, rows[group]),
                 batch_size=batch_size,
             )
         return cache[key]

@@ -28,6 +28,55 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["run_demo"]
 
+#: What the demo writes into its folder, and nothing else.
+DEMO_OUTPUTS = (
+    "demo.h5ad",
+    "generated.h5ad",
+    "umap_scvae.png",
+    "loss.png",
+    "ppc.png",
+    "model",
+    "scores.json",
+)
+#: The file that marks a folder as a demo's (written before anything else).
+DEMO_MARKER = ".scvae_demo"
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse an output folder the demo did not make, unless it is empty, and one that
+    holds anything the demo does not write: the demo replaces its own files, never a
+    user's (a ``scores.json`` of the user's included).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> check_demo_folder(folder)  # empty: used
+    >>> (folder / "scores.json").write_text("{}")
+    2
+    >>> check_demo_folder(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileExistsError: ... was not written by the demo and is not empty ...
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder: pass a folder for the demo")
+    if not out.is_dir():
+        return
+    held = sorted(p.name for p in out.iterdir())
+    if held and DEMO_MARKER not in held:
+        raise FileExistsError(
+            f"{out} was not written by the demo and is not empty (it holds {held[:10]}): "
+            "the demo writes into a new folder, an empty one, or one an earlier demo wrote; "
+            "pass another --out"
+        )
+    others = [name for name in held if name not in (*DEMO_OUTPUTS, DEMO_MARKER)]
+    if others:
+        raise FileExistsError(
+            f"{out} holds files the demo does not write ({others[:10]}): they are not "
+            "replaced; pass another --out"
+        )
+
 
 def run_demo(
     out: str | Path = "scvae_demo", *, quick: bool = False, progress: bool = True
@@ -37,7 +86,9 @@ def run_demo(
     Parameters
     ----------
     out
-        Output folder (created).
+        Output folder: new, empty, or written by an earlier demo (whose files are replaced);
+        any other folder, or one holding files the demo does not write, is refused before
+        any work.
     quick
         A smaller dataset (600 cells x 300 genes; for smoke tests).
     progress
@@ -49,7 +100,9 @@ def run_demo(
     import scanpy as sc
 
     out = Path(out)
+    check_demo_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by python -m scvae demo; it replaces its own files\n")
     n_cells, n_genes = (600, 300) if quick else (3000, 1000)
     complete = datasets.simulate(n_cells, n_genes, n_groups=6, n_batches=2, seed=0)
     truth = complete.X.toarray()

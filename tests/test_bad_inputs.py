@@ -1413,6 +1413,21 @@ def _(env):
     assert target.read_text() == "mine"
 
 
+@case("K11")
+def _(env):
+    project = env.tmp / "project"
+    project.mkdir()
+    (project / "scores.json").write_text("mine")  # a name the demo writes, but the user's
+    with pytest.raises(FileExistsError, match=r"was not written by the demo and is not empty"):
+        cli("--debug", "demo", "--quick", "--out", str(project))
+    assert (project / "scores.json").read_text() == "mine"
+    target = env.tmp / "afile"
+    target.write_text("mine")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        cli("--debug", "demo", "--quick", "--out", str(target))
+    assert target.read_text() == "mine"
+
+
 @case("K04")
 def _(env):
     notes = env.tmp / "notes.txt"

@@ -31,6 +31,24 @@ def test_config_records_version_genes_and_batches(fitted, tmp_path):
     assert config["batch_categories"] == ["batch_0", "batch_1"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_saved_model_has_the_permissions_of_any_new_folder(fitted, tmp_path, umask):
+    """The folder was made by mkdtemp (0o700 whatever the umask): colleagues sharing a
+    folder could not load a model saved there."""
+    import os
+    import stat
+
+    model, _ = fitted
+    previous = os.umask(umask)
+    try:
+        model.save(tmp_path / "model")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "model").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o777 & ~umask
+
+
 def test_weights_file_holds_tensors_only(fitted, tmp_path):
     model, _ = fitted
     model.save(tmp_path / "model")

@@ -385,7 +385,7 @@ def differential_expression(
     Examples
     --------
     >>> de = scvae.differential_expression(  # doctest: +SKIP
-    ...     adata, model, groupby="cell_type", group1="B", group2="CD14 Mono"
+    ...     adata, model, groupby="cell_type", group1="CD19+ B", group2="CD14+ Monocyte"
     ... )
     >>> de[de.is_de & (de.lfc_mean > 0)].head()  # doctest: +SKIP
     """

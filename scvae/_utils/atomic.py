@@ -39,6 +39,9 @@ def write_folder(path: Path, files: Mapping[str, bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
     try:
+        # mkdtemp makes the folder private (0o700); a saved model gets the permissions any
+        # folder made here would have (the umask's), so that others can load it.
+        os.chmod(tmp, 0o777 & ~_umask())
         for name, content in files.items():
             with open(tmp / name, "wb") as handle:
                 handle.write(content)
@@ -50,6 +53,13 @@ def write_folder(path: Path, files: Mapping[str, bytes]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's file-mode creation mask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def interrupted_saves(path: Path) -> list[Path]:

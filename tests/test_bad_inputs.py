@@ -2099,6 +2099,29 @@ def _(env):
     assert "exists" not in env.caplog.text
 
 
+@case("F73")
+def _(env):
+    a = env.adata()
+    labels = a.obs["cell_type"].astype(object)
+    labels.iloc[::3] = np.nan
+    a.obs["lab"] = labels.astype(str)  # NaN becomes the string "nan"
+    model = fit(a, labels_key="lab")
+    assert "adata.obs['lab'] holds ['nan'] in 40 cells: a string, taken as a label" in (
+        env.caplog.text
+    )
+    assert "nan" in model.label_categories
+
+
+@case("F74")
+def _(env):
+    a = env.adata()
+    a.obs["depth"] = np.asarray(a.X.sum(axis=1)).ravel() + np.arange(a.n_obs) / 1000
+    fit(a, batch_key="depth")
+    assert "adata.obs['depth'] has 120 distinct values for 120 cells, each taken as a batch" in (
+        env.caplog.text
+    )
+
+
 @case("E17")
 def _(env):
     a = env.adata()

@@ -179,6 +179,7 @@ def obs_codes(
                 logger.info("adata.obs[%r]: ignoring %d unused categories", key, unused)
         else:
             categories = sorted(set(values[~is_nan]))
+        _warn_of_odd_values(key, argument, categories, values)
     codes = pd.Index(categories).get_indexer(values)
     unknown = (codes < 0) & ~is_nan
     if unknown.any():
@@ -188,6 +189,41 @@ def obs_codes(
         )
     codes[is_nan] = -1
     return codes.astype(np.int64), list(categories)
+
+
+#: Values that are a string but read as "no value" (what ``astype(str)`` makes of NaN, None).
+_LOOKS_MISSING = frozenset({"nan", "NaN", "None", "none", "NA", "<NA>", "N/A", ""})
+
+
+def _warn_of_odd_values(key: str, argument: str, categories: list[str], values) -> None:
+    """Warn of a batch or label column whose values are likely a mistake: strings that read
+    as "missing" (``astype(str)`` turns NaN into ``"nan"``), or as many batches as cells."""
+    odd = [c for c in categories if c.strip() in _LOOKS_MISSING]
+    if odd:
+        n_cells = int(np.isin(values, odd).sum())
+        what = "a label" if argument == "labels_key" else "a batch"
+        fix = (
+            "; store unlabelled cells as missing (NaN), which the label head leaves out"
+            if argument == "labels_key"
+            else ""
+        )
+        logger.warning(
+            "adata.obs[%r] holds %s in %d cells: a string, taken as %s like any other%s",
+            key,
+            odd,
+            n_cells,
+            what,
+            fix,
+        )
+    if argument == "batch_key" and len(categories) > max(20, len(values) // 2):
+        logger.warning(
+            "adata.obs[%r] has %d distinct values for %d cells, each taken as a batch: a "
+            "value that varies from cell to cell (a depth, a score) belongs in "
+            "continuous_covariate_keys",
+            key,
+            len(categories),
+            len(values),
+        )
 
 
 def check_block(block: sp.csr_matrix, start: int, where: str, cells, genes) -> None:

@@ -6,15 +6,15 @@ of its counts (library size 1) at its latent position, in its own batch, correct
 group's observed over expected counts. With batch correction the means are taken within
 each batch both groups have cells in and then averaged over those batches (a stratified
 comparison: the groups are compared batch by batch, each batch weighted by ``n1 n2 / (n1 +
-n2)`` for the groups' cells there). Its posterior combines the two
-uncertainties a comparison of groups has: where each cell lies (draws of z from the encoder,
-which reads missing entries as missing) and which cells the groups happened to contain (a
-Bayesian bootstrap over the cells: each draw weighs the cells with Dirichlet(1, ..., 1)
-weights, Rubin 1981), and the counts' own noise (a Gamma draw in place of each group's
-count of a gene, Kerman 2011). A draw of the group means gives one draw of the fold change;
-``proba_de`` is the share of draws with ``|lfc| > delta``, and genes are selected at a
-posterior expected false discovery rate (Newton et al. 2004): the largest set whose mean
-``1 - proba_de`` is at most ``fdr``.
+n2)`` for the groups' cells there). Its posterior combines the two uncertainties a
+comparison of groups has: where each cell lies (draws of z from the encoder, which reads
+missing entries as missing) and which cells the groups happened to contain (a Bayesian
+bootstrap over the cells: each draw weighs the cells with Dirichlet(1, ..., 1) weights,
+Rubin 1981), with a Gamma(1/3) pseudo-count beside each group's counts of a gene (the
+neutral prior of a Poisson rate, Kerman 2011). A draw of the group means gives one draw of
+the fold change; ``proba_de`` is the share of draws with ``|lfc| > delta``, and genes are
+selected at a posterior expected false discovery rate (Newton et al. 2004): the largest set
+whose mean ``1 - proba_de`` is at most ``fdr``.
 
 Means are reported as expected counts per cell at the median depth of the compared cells,
 and the fold change is of ``mean + pseudocount`` in those units, so that a gene at a tiny
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 #: Rows x genes of one forward pass over several posterior draws (memory: 4 bytes each).
 DRAW_ROWS = 4_000_000
-#: Shape added to a group's counts of a gene for the Gamma draw of their rate (Kerman 2011).
+#: Shape of the Gamma pseudo-count added to a group's counts of a gene (Kerman 2011).
 NEUTRAL_SHAPE = 1.0 / 3.0
 
 __all__ = ["GroupPosterior", "compare_groups", "differential_expression", "group_posterior"]
@@ -179,11 +179,12 @@ def group_posterior(
     # a gene the counts correct it, and their noise enters the posterior. Each cell is
     # decoded in its own batch: decoded in another one, the condition a batch is rich in
     # would partly be removed with the batch (the decoder learns it from both).
-    # The counts' own noise: a group's counts of a gene in a batch, C, are read as a Poisson
-    # draw, and its rate relative to the expected one gets Gamma(C + 1/3) (the neutral prior of
-    # Kerman 2011, whose posterior median is about C). The bootstrap over cells alone gives a
-    # gene with no count in a small group an exact zero in every draw, a certain change.
-    noisy = rng.gamma(counts + NEUTRAL_SHAPE)
+    # The bootstrap over cells holds the counts' noise, except where there are none to vary:
+    # a gene with no count in a small group had a mean of exactly 0 in every draw, a certain
+    # change. A Gamma(1/3) pseudo-count (the neutral prior of a Poisson rate, Kerman 2011)
+    # gives such a gene the posterior of "no count in so many expected"; beside a few counts
+    # or more it adds little.
+    noisy = counts + rng.gamma(NEUTRAL_SHAPE, size=shape)
     ratio = np.divide(noisy, expected, out=np.ones(shape), where=expected > 0)
     batch_draws = np.divide(decoded, totals, out=np.zeros(shape), where=totals > 0) * ratio
     return GroupPosterior(batch_draws, batch_cells, raw_mean, frac_nonzero, len(rows))

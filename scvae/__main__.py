@@ -43,8 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one line a user reads; --debug shows where it came from
         if args.debug:
             raise
-        sys.stderr.write(f"scvae {args.command}: error: {error}\n(--debug shows the traceback)\n")
+        sys.stderr.write(
+            f"scvae {args.command}: error: {_for_the_command_line(error)}\n"
+            "(--debug shows the traceback)\n"
+        )
         return 1
+
+
+def _for_the_command_line(error: Exception) -> str:
+    """The error's message as a command-line user needs it: a KeyError's without the quotes
+    ``str`` puts around it, advice to call ``adata.to_memory()`` as the flag that does it."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if "to_memory()" in message:
+        message += " (on the command line: --in-memory)"
+    return message
 
 
 if __name__ == "__main__":

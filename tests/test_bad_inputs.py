@@ -1447,6 +1447,11 @@ def _(env):
     assert status == 1
     assert err.getvalue().startswith("scvae fit: error:") and "not found" in err.getvalue()
     assert "Traceback" not in err.getvalue()
+    # A KeyError's message without the quotes str() adds around it.
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        cli(*fit_args(env, env.tmp / "m", "--layer", "cnts"))
+    assert err.getvalue().startswith("scvae fit: error: layer 'cnts' not in"), err.getvalue()
 
 
 @case("K06")

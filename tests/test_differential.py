@@ -33,8 +33,9 @@ def de_fit():
     rng = np.random.default_rng(1)
     depth = np.asarray(adata.X.sum(axis=1)).ravel() / 2000
     in_b = (adata.obs["condition"] == "B").to_numpy()
-    # Same 9-fold ratio, at 0.002 -> 0.018 and at 0.2 -> 1.8 counts per cell.
-    tiny = rng.poisson(depth * np.where(in_b, 0.018, 0.002))
+    # Same 9-fold ratio, at 0.001 -> 0.009 (under the tiny-gene rule's 0.0095 counts per
+    # cell) and at 0.2 -> 1.8 counts per cell.
+    tiny = rng.poisson(depth * np.where(in_b, 0.009, 0.001))
     moderate = rng.poisson(depth * np.where(in_b, 1.8, 0.2))
     extra = sp.csr_matrix(np.stack([tiny, moderate], axis=1).astype(np.float32))
     var = pd.concat([adata.var, pd.DataFrame({"is_de": [True, True]}, index=["tiny", "moderate"])])

@@ -54,8 +54,17 @@ logger = logging.getLogger(__name__)
 DRAW_ROWS = 4_000_000
 #: Shape of the Gamma pseudo-count added to a group's counts of a gene (Kerman 2011).
 NEUTRAL_SHAPE = 1.0 / 3.0
+#: Expected counts per cell (at the median depth) added to both means before their ratio:
+#: below about 0.01 counts per cell in both groups a gene's |lfc| stays under 0.25.
+DEFAULT_PSEUDOCOUNT = 0.05
 
-__all__ = ["GroupPosterior", "compare_groups", "differential_expression", "group_posterior"]
+__all__ = [
+    "DEFAULT_PSEUDOCOUNT",
+    "GroupPosterior",
+    "compare_groups",
+    "differential_expression",
+    "group_posterior",
+]
 
 
 @dataclass(frozen=True)
@@ -326,7 +335,7 @@ def differential_expression(
     delta: float = 0.25,
     fdr: float = 0.05,
     batch_correction: bool = True,
-    pseudocount: float = 0.1,
+    pseudocount: float = DEFAULT_PSEUDOCOUNT,
     n_samples: int = 100,
     max_cells: int = 2000,
     layer: str | type | None = ...,

@@ -17,7 +17,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .._model.scvae import SCVAE
-from .differential import GroupPosterior, expected_fdr, group_posterior, lfc_posterior
+from .differential import (
+    DEFAULT_PSEUDOCOUNT,
+    GroupPosterior,
+    expected_fdr,
+    group_posterior,
+    lfc_posterior,
+)
 from .groups import (
     MIN_CELLS,
     as_list,
@@ -46,7 +52,7 @@ def rank_genes_groups(
     n_genes: int | None = None,
     delta: float = 0.25,
     batch_correction: bool = True,
-    pseudocount: float = 0.1,
+    pseudocount: float = DEFAULT_PSEUDOCOUNT,
     n_samples: int = 100,
     max_cells: int = 2000,
     layer: str | type | None = ...,

@@ -2127,6 +2127,31 @@ def _(env):
     )
 
 
+@case("F75")
+def _(env):
+    import warnings
+
+    a = env.adata()
+    a.X = dense(env).astype(np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # was "overflow encountered in cast"
+        fit(a)
+    assert a.obsm["X_scvae"].shape == (120, DEFAULT_N_LATENT)
+
+
+@case("E20")
+def _(env):
+    a = env.adata()
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    expect_error(
+        a,
+        ValueError,
+        r"30 of the model's 30 genes are missing .* none is: use the same gene identifiers",
+        env.model.embed,
+        a,
+    )
+
+
 @case("E17")
 def _(env):
     a = env.adata()

@@ -58,8 +58,14 @@ def align_genes(
         shown = ", ".join(map(repr, absent[:10])) + (" ..." if len(absent) > 10 else "")
         raise ValueError(
             f"{len(absent)} of the model's {len(gene_names)} genes are missing from "
-            f"adata.var_names: {shown}. Subset or reorder is done for you, but every "
-            "gene the model was trained on must be present."
+            f"adata.var_names: {shown}. adata may hold other genes and any order (genes "
+            "are matched by name), but every gene the model was trained on must be present"
+            + (
+                "; none is: use the same gene identifiers (symbols or Ensembl IDs) as the "
+                "model's data"
+                if len(absent) == len(gene_names)
+                else ""
+            )
         )
     extra = len(var_names) - int((position >= 0).sum())
     if extra > 0 and allow_absent:
@@ -88,6 +94,13 @@ def _dense_position(flat: int, *, start: int, n_genes: int) -> tuple[int, int]:
     return start + row, col
 
 
+def _above(values: np.ndarray, limit: float) -> np.ndarray:
+    """``values > limit``, without casting ``limit`` to a dtype that cannot hold it."""
+    if values.dtype.kind == "f" and float(np.finfo(values.dtype).max) < limit:
+        return np.zeros(values.shape, dtype=bool)  # float16: nothing can exceed it
+    return values > limit
+
+
 def _check_values(
     values: np.ndarray, where: str, cells, genes, locate: Callable[[int], tuple[int, int]]
 ) -> None:
@@ -100,10 +113,11 @@ def _check_values(
             ~np.isnan(values) & (values != np.round(values)),
             "non-integer values",
             "scvae models raw counts (not normalised or log-transformed data): "
-            "pass the raw counts layer, e.g. layer='counts'",
+            "pass the raw counts layer, e.g. layer='counts', or, where the counts are in "
+            "adata.raw, adata.raw.to_adata()",
         ),
         (
-            values > _MAX_COUNT,
+            _above(values, _MAX_COUNT),
             "counts above 2**24",
             "float32 cannot store them exactly; are these raw counts of one gene in one cell?",
         ),

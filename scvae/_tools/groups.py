@@ -23,6 +23,7 @@ __all__ = [
     "check_options",
     "group_labels",
     "group_rows",
+    "group_seed",
     "shared_batches",
 ]
 

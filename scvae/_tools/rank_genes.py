@@ -17,13 +17,8 @@ import pandas as pd
 from anndata import AnnData
 
 from .._model.scvae import SCVAE
-from .differential import (
-    DEFAULT_PSEUDOCOUNT,
-    GroupPosterior,
-    expected_fdr,
-    group_posterior,
-    lfc_posterior,
-)
+from .differential import DEFAULT_PSEUDOCOUNT, expected_fdr, lfc_posterior
+from .group_posterior import GroupPosterior, group_posterior
 from .groups import (
     MIN_CELLS,
     as_list,

@@ -49,6 +49,25 @@ def test_a_saved_model_has_the_permissions_of_any_new_folder(fitted, tmp_path, u
     assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o777 & ~umask
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_file_written_in_one_step_has_the_permissions_of_any_new_file(tmp_path, umask):
+    """Checkpoints are written by ``write_file``, whose temporary file came from mkstemp
+    (0o600 whatever the umask)."""
+    import os
+    import stat
+
+    from scvae._utils.atomic import write_file
+
+    previous = os.umask(umask)
+    try:
+        write_file(tmp_path / "state.pt", b"bytes")
+        (tmp_path / "plain").write_bytes(b"bytes")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "state.pt").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
+
+
 def test_weights_file_holds_tensors_only(fitted, tmp_path):
     model, _ = fitted
     model.save(tmp_path / "model")

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,11 +37,9 @@ def write_folder(path: Path, files: Mapping[str, bytes]) -> None:
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+    tmp = _beside(path, "saving")
+    tmp.mkdir()
     try:
-        # mkdtemp makes the folder private (0o700); a saved model gets the permissions any
-        # folder made here would have (the umask's), so that others can load it.
-        os.chmod(tmp, 0o777 & ~_umask())
         for name, content in files.items():
             with open(tmp / name, "wb") as handle:
                 handle.write(content)
@@ -55,11 +53,13 @@ def write_folder(path: Path, files: Mapping[str, bytes]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _umask() -> int:
-    """The process's file-mode creation mask (read by setting it, then restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _beside(path: Path, kind: str) -> Path:
+    """A new name beside ``path`` for a temporary file or folder (``.<name>.<kind>-*``).
+
+    Not :mod:`tempfile`'s, which makes them private (0o600, 0o700) whatever the umask: what
+    is saved gets the permissions of any new file or folder, so that others can load it.
+    """
+    return path.parent / f".{path.name}.{kind}-{uuid.uuid4().hex[:12]}"
 
 
 def interrupted_saves(path: Path) -> list[Path]:
@@ -79,7 +79,8 @@ def _move_into_place(tmp: Path, path: Path) -> None:
     if _exchange(tmp, path):
         shutil.rmtree(tmp)  # now holds the old folder
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    aside = _beside(path, "old")
+    aside.mkdir()
     os.replace(path, aside)
     os.rename(tmp, path)
     shutil.rmtree(aside)
@@ -120,7 +121,8 @@ def write_file(path: Path, content: bytes) -> None:
     """Replace the file ``path`` by ``content`` in one step (temporary file, fsync, rename)."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.saving-", dir=path.parent)
+    tmp = _beside(path, "saving")
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(content)
